@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# The test rig: a real Docker engine, a real registry and locally built images.
+#
+#   .ci/rig.sh up        install what is missing, start engine + registry, build images
+#   .ci/rig.sh engine    only the engine
+#   .ci/rig.sh registry  only the registry on 127.0.0.1:5000
+#   .ci/rig.sh images    only the test images (busybox:local, bash:local, web:local)
+#   .ci/rig.sh runner    build the real gitlab-runner; prints its bin dir last
+#   .ci/rig.sh down      stop the engine and registry this script started
+#
+# Everything runs in the background without systemd. State lives in
+# $BERTH_RIG_DIR (default /var/tmp/berth-rig), outside the clone.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+RIG=${BERTH_RIG_DIR:-/var/tmp/berth-rig}
+SOCK=/var/run/docker.sock
+mkdir -p "$RIG"
+
+say() { printf 'rig: %s\n' "$*" >&2; }
+die() { printf 'rig: error: %s\n' "$*" >&2; exit 1; }
+
+apt_install() { # apt_install PKG... : installs the missing ones
+	local missing=() p
+	for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+	[ ${#missing[@]} -eq 0 ] && return 0
+	[ "$(id -u)" = 0 ] || die "need root to apt-get install ${missing[*]}"
+	say "installing ${missing[*]}"
+	if [ ! -f "$RIG/.apt-updated" ] || [ -n "$(find "$RIG/.apt-updated" -mmin +720)" ]; then
+		apt-get update -qq >&2 && touch "$RIG/.apt-updated"
+	fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+}
+
+ping_engine() { curl -sf --max-time 2 --unix-socket "$SOCK" http://localhost/_ping >/dev/null 2>&1; }
+
+alive() { # alive PID: running and not a zombie
+	local st
+	st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+	case "$st" in Z*) return 1 ;; esac
+}
+
+engine() {
+	if ping_engine; then say "engine answers on $SOCK"; return 0; fi
+	apt_install docker.io curl
+	# a dead daemon's pidfiles stop a restart ("pid file found")
+	local f
+	for f in /var/run/docker.pid /run/docker/containerd/containerd.pid; do
+		if [ -f "$f" ] && ! alive "$(cat "$f")"; then rm -f "$f"; fi
+	done
+	say "starting dockerd (log: $RIG/dockerd.log)"
+	setsid nohup dockerd --host "unix://$SOCK" >"$RIG/dockerd.log" 2>&1 </dev/null &
+	echo $! >"$RIG/dockerd.pid"
+	for _ in $(seq 150); do ping_engine && { say "engine ready"; return 0; }; sleep 0.2; done
+	tail -20 "$RIG/dockerd.log" >&2
+	die "dockerd did not answer on $SOCK within 30 s"
+}
+
+registry() {
+	if curl -sf --max-time 2 http://127.0.0.1:5000/v2/ >/dev/null 2>&1; then say "registry answers on 127.0.0.1:5000"; return 0; fi
+	apt_install docker-registry curl
+	mkdir -p "$RIG/registry-data"
+	cat >"$RIG/registry.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $RIG/registry-data
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:5000
+YML
+	say "starting docker-registry on 127.0.0.1:5000"
+	setsid nohup docker-registry serve "$RIG/registry.yml" >"$RIG/registry.log" 2>&1 </dev/null &
+	echo $! >"$RIG/registry.pid"
+	for _ in $(seq 100); do curl -sf --max-time 1 http://127.0.0.1:5000/v2/ >/dev/null 2>&1 && { say "registry ready"; return 0; }; sleep 0.1; done
+	tail -20 "$RIG/registry.log" >&2
+	die "registry did not answer on 127.0.0.1:5000"
+}
+
+# docker CLI: Debian's client speaks API 1.41 and builds with the classic builder here
+docker_cli() { DOCKER_BUILDKIT=0 /usr/bin/docker "$@"; }
+
+images() {
+	apt_install busybox-static
+	local ctx
+	# busybox:local, a shell image without bash
+	if ! docker_cli image inspect busybox:local >/dev/null 2>&1; then
+		ctx=$(mktemp -d)
+		cp /bin/busybox "$ctx/busybox"
+		printf 'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox","--install","-s","/bin"]\nRUN ["/bin/mkdir","-p","/tmp","/root"]\nENV PATH=/bin\nCMD ["sh"]\n' >"$ctx/Dockerfile"
+		docker_cli build -q -t busybox:local "$ctx" >&2
+		rm -rf "$ctx"
+	fi
+	# bash:local, busybox plus the host's bash and the libraries it links
+	if ! docker_cli image inspect bash:local >/dev/null 2>&1; then
+		ctx=$(mktemp -d)
+		mkdir -p "$ctx/root/bin"
+		cp /bin/bash "$ctx/root/bin/bash"
+		ldd /bin/bash | grep -o '/[^ ]*' | while read -r lib; do
+			mkdir -p "$ctx/root$(dirname "$lib")"; cp -L "$lib" "$ctx/root$lib"
+		done
+		printf 'FROM busybox:local\nCOPY root/ /\n' >"$ctx/Dockerfile"
+		docker_cli build -q -t bash:local "$ctx" >&2
+		rm -rf "$ctx"
+	fi
+	# web:local, the example app FROM scratch
+	local stamp
+	stamp=$(cat "$root"/examples/app/*.go "$root"/examples/app/Dockerfile | sha256sum | cut -c1-12)
+	if [ "$(docker_cli image inspect -f '{{index .Config.Labels "berth.rig.stamp"}}' web:local 2>/dev/null)" != "$stamp" ]; then
+		ctx=$(mktemp -d)
+		cp -r "$root/examples/app/." "$ctx/"
+		(cd "$ctx" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o app .) >&2
+		docker_cli build -q --label "berth.rig.stamp=$stamp" -t web:local "$ctx" >&2
+		rm -rf "$ctx"
+	fi
+	say "images ready: busybox:local bash:local web:local"
+}
+
+runner() {
+	local shared=${BERTH_SHARED:-$root/../shared}
+	[ -x "$shared/gitlab-runner/build.sh" ] || die "no gitlab-runner harness at $shared/gitlab-runner (set BERTH_SHARED)"
+	apt_install git python3
+	"$shared/gitlab-runner/build.sh" | tail -n1
+}
+
+down() {
+	local f
+	for f in registry dockerd; do
+		if [ -f "$RIG/$f.pid" ]; then
+			kill "$(cat "$RIG/$f.pid")" 2>/dev/null || true
+			rm -f "$RIG/$f.pid"
+			say "stopped $f"
+		fi
+	done
+}
+
+case "${1:-up}" in
+up) engine; registry; images ;;
+engine | registry | images | runner | down) "$1" ;;
+*) die "unknown command $1 (up|engine|registry|images|runner|down)" ;;
+esac

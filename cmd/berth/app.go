@@ -1,0 +1,200 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/docker/docker/client"
+	"github.com/sirupsen/logrus"
+
+	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/settings"
+)
+
+// app holds what one invocation reads once: settings, job, clients.
+type app struct {
+	stdout, stderr io.Writer
+	configPath     string
+	getenv         func(string) string
+	settings       *settings.Settings
+	source         settings.Source
+	job            *executor.Job
+	redactor       *executor.Redactor
+}
+
+func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
+	switch cmd {
+	case "version":
+		fmt.Fprintf(a.stdout, "berth %s\n", version)
+		return nil
+	case "check":
+		return a.check()
+	case "config":
+		return a.config()
+	case "prepare", "cleanup":
+		if len(args) != 0 {
+			return executor.Systemf("%s takes no arguments", cmd)
+		}
+		ex, err := a.executor()
+		if err != nil {
+			return err
+		}
+		if cmd == "prepare" {
+			return ex.Prepare(ctx)
+		}
+		return ex.Cleanup(ctx)
+	case "run":
+		if len(args) != 2 {
+			return executor.Systemf("usage: berth run SCRIPT STAGE")
+		}
+		ex, err := a.executor()
+		if err != nil {
+			return err
+		}
+		return ex.Run(ctx, args[0], args[1], a.getenv("BUILD_EXIT_CODE_FILE"))
+	case "sweep":
+		return a.sweep(ctx, args)
+	default:
+		return executor.Systemf("unknown command %q (run berth --help)", cmd)
+	}
+}
+
+// loadSettings reads berth.toml once and sets up the operator log.
+func (a *app) loadSettings() error {
+	s, src, err := settings.Load(a.configPath, a.getenv)
+	if err != nil {
+		return executor.System(err)
+	}
+	a.settings, a.source = s, src
+	return nil
+}
+
+func (a *app) logger() (logrus.FieldLogger, error) {
+	l := logrus.New()
+	l.SetOutput(a.stderr)
+	if f := a.settings.LogFile; f != "" {
+		out, err := os.OpenFile(f, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, executor.Systemf("open log_file %s: %w", f, err)
+		}
+		l.SetOutput(out)
+	}
+	lvl, _ := logrus.ParseLevel(a.settings.LogLevel) // validated on load
+	l.SetLevel(lvl)
+	if a.redactor != nil {
+		l.SetOutput(a.redactor.Writer(l.Out))
+	}
+	return l, nil
+}
+
+func (a *app) loadJob() error {
+	job, err := executor.LoadJob(a.getenv("JOB_RESPONSE_FILE"))
+	if err != nil {
+		return err
+	}
+	a.job = job
+	a.redactor = executor.NewRedactor(job.Secrets())
+	return nil
+}
+
+func (a *app) redact(s string) string { return a.redactor.String(s) }
+
+func (a *app) config() error {
+	if err := a.loadSettings(); err != nil {
+		return err
+	}
+	if err := a.loadJob(); err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	return json.NewEncoder(a.stdout).Encode(executor.ConfigFor(a.settings, a.job, version, host))
+}
+
+// executor builds the engine client and the executor for a job command.
+func (a *app) executor() (*executor.Executor, error) {
+	if err := a.loadSettings(); err != nil {
+		return nil, err
+	}
+	if err := a.loadJob(); err != nil {
+		return nil, err
+	}
+	log, err := a.logger()
+	if err != nil {
+		return nil, err
+	}
+	eng, local, err := a.engine()
+	if err != nil {
+		return nil, err
+	}
+	ex := executor.New(eng, a.settings, a.job, a.stdout, log, version)
+	ex.LocalEngine = local
+	return ex, nil
+}
+
+// engine is the Docker client for job containers: berth.toml's docker_host,
+// else DOCKER_HOST and friends, else the local socket.
+func (a *app) engine() (*client.Client, bool, error) {
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if h := a.settings.DockerHost; h != "" {
+		opts = append(opts, client.WithHost(h))
+	}
+	c, err := client.NewClientWithOpts(opts...)
+	if err != nil {
+		return nil, false, executor.Systemf("docker client: %w (check docker_host in berth.toml or DOCKER_HOST)", err)
+	}
+	host := c.DaemonHost()
+	return c, strings.HasPrefix(host, "unix://"), nil
+}
+
+func (a *app) check() error {
+	if err := a.loadSettings(); err != nil {
+		return err
+	}
+	from := a.source.Reason
+	if a.source.Path != "" {
+		from = a.source.Path + " (" + a.source.Reason + ")"
+	}
+	fmt.Fprintf(a.stdout, "# berth %s: settings from %s are valid; effective settings:\n", version, from)
+	return toml.NewEncoder(a.stdout).Encode(a.settings)
+}
+
+func (a *app) sweep(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("sweep", flag.ContinueOnError)
+	fs.SetOutput(a.stderr)
+	olderThan := fs.Duration("older-than", 0, "also remove job resources older than this (e.g. 3h)")
+	dryRun := fs.Bool("dry-run", false, "list what would be removed")
+	if err := fs.Parse(args); err != nil {
+		return executor.System(err)
+	}
+	if err := a.loadSettings(); err != nil {
+		return err
+	}
+	eng, _, err := a.engine()
+	if err != nil {
+		return err
+	}
+	sw := &executor.Sweeper{Engine: eng, Settings: a.settings, Now: time.Now}
+	res, err := sw.Sweep(ctx, executor.SweepOptions{OlderThan: *olderThan, DryRun: *dryRun})
+	verb := "removed"
+	if *dryRun {
+		verb = "would remove"
+	}
+	for _, c := range res.Containers {
+		fmt.Fprintf(a.stdout, "%s container %s\n", verb, c)
+	}
+	for _, n := range res.Networks {
+		fmt.Fprintf(a.stdout, "%s network %s\n", verb, n)
+	}
+	for _, d := range res.Dirs {
+		fmt.Fprintf(a.stdout, "%s builds dir %s\n", verb, d)
+	}
+	fmt.Fprintf(a.stdout, "sweep: %s %d containers, %d networks\n", verb, len(res.Containers), len(res.Networks))
+	return err
+}

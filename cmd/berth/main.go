@@ -1,0 +1,74 @@
+// Command berth is a GitLab Runner custom executor that runs jobs in
+// containers of the job's image.
+//
+//	berth [--config FILE] config|prepare|run SCRIPT STAGE|cleanup
+//	berth [--config FILE] check|sweep|version
+//
+// Every failure is mapped to an exit code here, and only here: the runner's
+// BUILD_FAILURE_EXIT_CODE for the job's own fault, SYSTEM_FAILURE_EXIT_CODE
+// for the host's.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/berthci/berth/executor"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+const usage = `usage: berth [--config FILE] COMMAND
+
+Runner protocol (called by gitlab-runner's custom executor):
+  config                 print the executor's JSON configuration
+  prepare                create the job's network, services and container
+  run SCRIPT STAGE       run one stage of the job
+  cleanup                remove everything the job created
+
+Operator commands:
+  check                  validate berth.toml and print the effective settings
+  sweep [--older-than D] [--dry-run]
+                         remove what crashed jobs left behind
+  version                print berth's version
+
+The config file is --config, else $BERTH_CONFIG, else /etc/gitlab-runner/berth.toml,
+else built-in defaults.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	codes := executor.ExitCodesFromEnv(os.Getenv)
+	fs := flag.NewFlagSet("berth", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	configPath := fs.String("config", "", "berth.toml to use")
+	if err := fs.Parse(args); err != nil {
+		return codes.System
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return codes.System
+	}
+
+	// SIGTERM (a cancelled job) and SIGINT cancel ctx; every engine call
+	// takes it.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+
+	app := &app{stdout: stdout, stderr: stderr, configPath: *configPath, getenv: os.Getenv}
+	err := app.dispatch(ctx, fs.Arg(0), fs.Args()[1:])
+	if err != nil {
+		fmt.Fprintf(stderr, "berth: %s\n", app.redact(err.Error()))
+	}
+	return codes.For(err)
+}

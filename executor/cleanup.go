@@ -1,0 +1,79 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/errdefs"
+)
+
+// Cleanup removes everything the job created: its containers, its network
+// and its builds dir. It is idempotent and works without a prepare.
+func (e *Executor) Cleanup(ctx context.Context) error {
+	var errs []error
+	n, err := e.removeContainers(ctx, container.ListOptions{All: true, Filters: e.jobFilter()})
+	errs = append(errs, err)
+	nets, err := e.Engine.NetworkList(ctx, network.ListOptions{Filters: e.jobFilter()})
+	if err != nil {
+		errs = append(errs, fmt.Errorf("list networks of job %d: %w", e.Job.ID, err))
+	}
+	for _, nw := range nets {
+		errs = append(errs, removeNetwork(ctx, e.Engine, nw.ID, nw.Name))
+	}
+	errs = append(errs, removeJobDir(e.Settings.BuildsDir, JobDir(e.Settings, e.Job)))
+	if err := errors.Join(errs...); err != nil {
+		return System(err)
+	}
+	e.Log.Infof("job %d: cleaned up %d containers, %d networks", e.Job.ID, n, len(nets))
+	return nil
+}
+
+func (e *Executor) removeContainers(ctx context.Context, opts container.ListOptions) (int, error) {
+	list, err := e.Engine.ContainerList(ctx, opts)
+	if err != nil {
+		return 0, fmt.Errorf("list containers: %w", err)
+	}
+	var errs []error
+	for _, c := range list {
+		errs = append(errs, removeContainer(ctx, e.Engine, c.ID, c.Names))
+	}
+	return len(list), errors.Join(errs...)
+}
+
+func removeContainer(ctx context.Context, eng Engine, id string, names []string) error {
+	err := eng.ContainerRemove(ctx, id, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	if err != nil && !errdefs.IsNotFound(err) && !isRemovalInProgress(err) {
+		return fmt.Errorf("remove container %s: %w", strings.Join(names, ","), err)
+	}
+	return nil
+}
+
+func removeNetwork(ctx context.Context, eng Engine, id, name string) error {
+	if err := eng.NetworkRemove(ctx, id); err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("remove network %s: %w", name, err)
+	}
+	return nil
+}
+
+func isRemovalInProgress(err error) bool {
+	return strings.Contains(err.Error(), "is already in progress")
+}
+
+// removeJobDir removes a job's builds dir, refusing anything that is not
+// strictly below the builds dir.
+func removeJobDir(buildsDir, dir string) error {
+	rel, err := filepath.Rel(buildsDir, dir)
+	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+		return fmt.Errorf("refusing to remove %s: not below builds_dir %s", dir, buildsDir)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove builds dir %s: %w (files written by a container as another user? remove them by hand)", dir, err)
+	}
+	return nil
+}

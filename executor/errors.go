@@ -1,0 +1,112 @@
+// Package executor implements the custom executor protocol: the job context
+// from the runner's payload, the job's containers, stage routing and the
+// error classes that main turns into exit codes.
+package executor
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+)
+
+// Class says whose fault a failure is, which decides the exit code.
+type Class int
+
+const (
+	// SystemFailure is the host's fault (engine down, bad operator config);
+	// the runner retries config and prepare and reports runner_system_failure.
+	SystemFailure Class = iota
+	// BuildFailure is the job's fault (its script failed, its image is missing).
+	BuildFailure
+)
+
+// Error carries a class through %w wrapping.
+type Error struct {
+	Class Class
+	Err   error
+}
+
+func (e *Error) Error() string { return e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+// Build marks err as the job's fault.
+func Build(err error) error { return &Error{Class: BuildFailure, Err: err} }
+
+// Buildf is Build(fmt.Errorf(...)).
+func Buildf(format string, args ...any) error { return Build(fmt.Errorf(format, args...)) }
+
+// System marks err as the host's fault.
+func System(err error) error { return &Error{Class: SystemFailure, Err: err} }
+
+// Systemf is System(fmt.Errorf(...)).
+func Systemf(format string, args ...any) error { return System(fmt.Errorf(format, args...)) }
+
+// ClassOf is the class of err; unclassified errors are the host's fault.
+func ClassOf(err error) Class {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Class
+	}
+	return SystemFailure
+}
+
+// ScriptExit is a job script that exited non-zero: a build failure whose code
+// also goes to BUILD_EXIT_CODE_FILE for `allow_failure: exit_codes`.
+type ScriptExit struct{ Code int }
+
+func (e *ScriptExit) Error() string { return fmt.Sprintf("script exited with code %d", e.Code) }
+
+// ExitCodes are the runner's codes for the two classes.
+type ExitCodes struct {
+	Build, System int
+}
+
+// ExitCodesFromEnv reads BUILD_FAILURE_EXIT_CODE and SYSTEM_FAILURE_EXIT_CODE;
+// outside the runner (operator commands) they default to 1 and 2.
+func ExitCodesFromEnv(getenv func(string) string) ExitCodes {
+	codes := ExitCodes{Build: 1, System: 2}
+	if v, err := strconv.Atoi(getenv("BUILD_FAILURE_EXIT_CODE")); err == nil {
+		codes.Build = v
+	}
+	if v, err := strconv.Atoi(getenv("SYSTEM_FAILURE_EXIT_CODE")); err == nil {
+		codes.System = v
+	}
+	return codes
+}
+
+// For maps an error to the process exit code.
+func (c ExitCodes) For(err error) int {
+	if err == nil {
+		return 0
+	}
+	if ClassOf(err) == BuildFailure {
+		return c.Build
+	}
+	return c.System
+}
+
+// WriteBuildExitCode records a script's own exit code where the runner reads
+// it. An empty path (run by hand) is fine.
+func WriteBuildExitCode(path string, code int) error {
+	if path == "" {
+		return nil
+	}
+	return os.WriteFile(path, []byte(strconv.Itoa(code)), 0o600)
+}
+
+// TruncateBuildExitCode empties the file before a stage, so a code left by an
+// earlier stage is never read for this one.
+func TruncateBuildExitCode(path string) error {
+	if path == "" {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}

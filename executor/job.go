@@ -1,0 +1,105 @@
+package executor
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/berthci/berth/executor/api"
+)
+
+// Job is the trusted job context, read from JOB_RESPONSE_FILE only.
+type Job struct {
+	ID       int64
+	Name     string
+	Stage    string
+	Pipeline int64
+	Project  string // full path, group/app
+	Ref      string
+	RefType  string // api.RefTypeBranch or api.RefTypeTag
+	Sha      string
+	Timeout  time.Duration
+	Image    api.Image
+	Services []api.Image
+	// Variables are the job's variables as GitLab sent them.
+	Variables   []api.Variable
+	Credentials []api.Credentials
+	token       string
+}
+
+// LoadJob reads the payload the runner wrote for this job.
+func LoadJob(path string) (*Job, error) {
+	if path == "" {
+		return nil, Systemf("JOB_RESPONSE_FILE is not set: berth config|prepare|run|cleanup must be started by gitlab-runner's custom executor")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, Systemf("read job payload: %w", err)
+	}
+	var r api.JobResponse
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, Systemf("job payload %s is not valid JSON: %w", path, err)
+	}
+	if r.ID <= 0 {
+		return nil, Systemf("job payload %s has no job id", path)
+	}
+	return NewJob(&r), nil
+}
+
+// NewJob derives the job context from a payload.
+func NewJob(r *api.JobResponse) *Job {
+	timeout := time.Duration(r.RunnerInfo.Timeout) * time.Second
+	if timeout <= 0 {
+		timeout = time.Hour // GitLab's default job timeout
+	}
+	return &Job{
+		ID:          r.ID,
+		Name:        r.JobInfo.Name,
+		Stage:       r.JobInfo.Stage,
+		Pipeline:    r.JobInfo.PipelineID,
+		Project:     r.JobInfo.ProjectFullPath,
+		Ref:         r.GitInfo.Ref,
+		RefType:     r.GitInfo.RefType,
+		Sha:         r.GitInfo.Sha,
+		Timeout:     timeout,
+		Image:       r.Image,
+		Services:    r.Services,
+		Variables:   r.Variables,
+		Credentials: r.Credentials,
+		token:       r.Token,
+	}
+}
+
+// IDString is the job id as labels and names use it.
+func (j *Job) IDString() string { return strconv.FormatInt(j.ID, 10) }
+
+// Var is a job variable's value, and whether it is set.
+func (j *Job) Var(key string) (string, bool) {
+	for i := len(j.Variables) - 1; i >= 0; i-- { // the last definition wins
+		if j.Variables[i].Key == key {
+			return j.Variables[i].Value, true
+		}
+	}
+	return "", false
+}
+
+// Secrets are the values that must never be printed: the job token,
+// registry passwords and masked variables.
+func (j *Job) Secrets() []string {
+	s := []string{j.token}
+	for _, c := range j.Credentials {
+		s = append(s, c.Password)
+	}
+	for _, v := range j.Variables {
+		if v.Masked {
+			s = append(s, v.Value)
+		}
+	}
+	return s
+}
+
+func (j *Job) String() string {
+	return fmt.Sprintf("job %d (%s, %s %s)", j.ID, j.Name, j.RefType, j.Ref)
+}

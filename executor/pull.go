@@ -1,0 +1,144 @@
+package executor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/distribution/reference"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/registry"
+	"github.com/docker/docker/errdefs"
+
+	"github.com/berthci/berth/executor/settings"
+)
+
+// pullPolicy is the job's own pull_policy when the TOML allows it, else the
+// TOML default.
+func (e *Executor) pullPolicy(img string, asked []string) (string, error) {
+	if len(asked) == 0 {
+		return e.Settings.Job.PullPolicy, nil
+	}
+	for _, p := range asked { // GitLab sends them in the job's order of preference
+		if slices.Contains(e.Settings.Job.AllowedPullPolicies, p) {
+			return p, nil
+		}
+	}
+	return "", Buildf("image %s asks for pull_policy %v, but this runner allows only %v (job.allowed_pull_policies in berth.toml): change pull_policy in .gitlab-ci.yml",
+		img, asked, e.Settings.Job.AllowedPullPolicies)
+}
+
+// ensureImage makes ref available on the engine according to policy. It
+// reports whether it pulled.
+func (e *Executor) ensureImage(ctx context.Context, ref, policy string) (bool, error) {
+	if _, err := reference.ParseNormalizedNamed(ref); err != nil {
+		return false, Buildf("image %q is not a valid image reference: %v: fix image: in .gitlab-ci.yml", ref, err)
+	}
+	if policy != settings.PullAlways {
+		_, err := e.Engine.ImageInspect(ctx, ref)
+		if err == nil {
+			return false, nil
+		}
+		if !errdefs.IsNotFound(err) {
+			return false, Systemf("inspect image %s: %w", ref, err)
+		}
+		if policy == settings.PullNever {
+			return false, Buildf("image %s is not on the engine and the pull policy is never: build or pull it on the runner host first, or change pull_policy", ref)
+		}
+	}
+	return true, e.pull(ctx, ref)
+}
+
+func (e *Executor) pull(ctx context.Context, ref string) error {
+	auth, err := e.registryAuth(ref)
+	if err != nil {
+		return Systemf("encode registry credentials for %s: %w", ref, err)
+	}
+	// bound a pull that hangs on a dead registry
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	rc, err := e.Engine.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: auth})
+	if err == nil {
+		err = readPullStream(rc)
+		rc.Close()
+	}
+	if err == nil {
+		return nil
+	}
+	msg := e.redactErr(err)
+	if isMissingImage(err) {
+		return Buildf("image %s not found (%s): check the image name and tag in .gitlab-ci.yml, and that the registry has it", ref, msg)
+	}
+	return Systemf("pull image %s: %s", ref, msg)
+}
+
+// readPullStream reads the engine's progress messages to the end: a failed
+// pull reports its error in the stream, not in the HTTP status.
+func readPullStream(r io.Reader) error {
+	dec := json.NewDecoder(r)
+	for {
+		var m struct {
+			Error       string `json:"error"`
+			ErrorDetail struct {
+				Message string `json:"message"`
+			} `json:"errorDetail"`
+		}
+		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("read pull progress: %w", err)
+		}
+		if m.Error != "" {
+			return errors.New(m.Error)
+		}
+	}
+}
+
+func isMissingImage(err error) bool {
+	if errdefs.IsNotFound(err) {
+		return true
+	}
+	s := strings.ToLower(err.Error())
+	for _, hint := range []string{"not found", "manifest unknown", "repository does not exist", "pull access denied", "name unknown"} {
+		if strings.Contains(s, hint) {
+			return true
+		}
+	}
+	return false
+}
+
+// registryAuth picks the payload's credentials for the image's registry.
+func (e *Executor) registryAuth(ref string) (string, error) {
+	named, err := reference.ParseNormalizedNamed(ref)
+	if err != nil {
+		return "", err
+	}
+	domain := reference.Domain(named)
+	for _, c := range e.Job.Credentials {
+		if c.Type == "registry" && registryHost(c.URL) == domain {
+			return registry.EncodeAuthConfig(registry.AuthConfig{Username: c.Username, Password: c.Password, ServerAddress: c.URL})
+		}
+	}
+	// the engine wants the header even without credentials
+	return registry.EncodeAuthConfig(registry.AuthConfig{})
+}
+
+// registryHost reduces "https://registry.example.com/" to its host[:port].
+func registryHost(url string) string {
+	url = strings.TrimPrefix(strings.TrimPrefix(url, "https://"), "http://")
+	host, _, _ := strings.Cut(url, "/")
+	if host == "index.docker.io" || host == "registry-1.docker.io" {
+		return "docker.io"
+	}
+	return host
+}
+
+// redactErr renders an error without secrets.
+func (e *Executor) redactErr(err error) string {
+	return e.redactor.String(err.Error())
+}

@@ -1,0 +1,178 @@
+package executor
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/pkg/stdcopy"
+)
+
+// detectShell runs the script with bash where the image has it, else sh.
+const detectShell = `if [ -x /usr/local/bin/bash ]; then exec /usr/local/bin/bash; ` +
+	`elif [ -x /usr/bin/bash ]; then exec /usr/bin/bash; ` +
+	`elif [ -x /bin/bash ]; then exec /bin/bash; ` +
+	`else exec sh; fi`
+
+// Run executes one stage. A script that fails is a ScriptExit build failure;
+// its code is written to the exit code file. When ctx is cancelled (SIGTERM)
+// the script is stopped, TERM then KILL, and the job environment is left for
+// after_script and cleanup.
+func (e *Executor) Run(ctx context.Context, script, stage, exitCodeFile string) error {
+	if err := TruncateBuildExitCode(exitCodeFile); err != nil {
+		return Systemf("truncate BUILD_EXIT_CODE_FILE: %w", err)
+	}
+	var err error
+	if Route(stage) == InContainer {
+		err = e.runInContainer(ctx, script, stage)
+	} else {
+		err = e.runOnHost(ctx, script, stage)
+	}
+	var se *ScriptExit
+	if errors.As(err, &se) {
+		if werr := WriteBuildExitCode(exitCodeFile, se.Code); werr != nil {
+			return Systemf("write BUILD_EXIT_CODE_FILE: %w", werr)
+		}
+		return Build(err)
+	}
+	return err
+}
+
+// errCancelled is the build failure of a stage stopped by SIGTERM.
+var errCancelled = Buildf("job cancelled: the script was stopped")
+
+func (e *Executor) runInContainer(ctx context.Context, scriptPath, stage string) error {
+	f, err := os.Open(scriptPath)
+	if err != nil {
+		return Systemf("open stage script: %w", err)
+	}
+	defer f.Close()
+	name := ContainerName(e.Job)
+	e.stepf("berth: %s in container %s", stage, name)
+
+	// The exec outlives ctx: on cancel we stop the script ourselves and
+	// still read its last output.
+	bg := context.WithoutCancel(ctx)
+	ex, err := e.Engine.ContainerExecCreate(bg, name, container.ExecOptions{
+		Cmd:          []string{"sh", "-c", detectShell},
+		AttachStdin:  true,
+		AttachStdout: true,
+		AttachStderr: true,
+		WorkingDir:   JobDir(e.Settings, e.Job),
+	})
+	if err != nil {
+		return Systemf("start %s in job container %s: %w (was prepare run, or the container removed?)", stage, name, err)
+	}
+	hj, err := e.Engine.ContainerExecAttach(bg, ex.ID, container.ExecAttachOptions{})
+	if err != nil {
+		return Systemf("attach to %s in job container %s: %w", stage, name, err)
+	}
+	defer hj.Close()
+	go func() {
+		_, _ = io.Copy(hj.Conn, f)
+		_ = hj.CloseWrite() // end of script: the shell exits when done
+	}()
+	done := make(chan error, 1)
+	go func() {
+		_, err := stdcopy.StdCopy(os.Stdout, os.Stderr, hj.Reader)
+		done <- err
+	}()
+
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		e.stopScript(bg, name, done)
+		return errCancelled
+	}
+	if err != nil {
+		return Systemf("read output of %s: %w", stage, err)
+	}
+	ins, err := e.Engine.ContainerExecInspect(bg, ex.ID)
+	if err != nil {
+		return Systemf("read exit code of %s: %w", stage, err)
+	}
+	if ins.ExitCode != 0 {
+		return &ScriptExit{Code: ins.ExitCode}
+	}
+	return nil
+}
+
+// stopScript signals every process in the job container but its main shell:
+// TERM, then KILL after the grace period. The container stays for
+// after_script and cleanup.
+func (e *Executor) stopScript(ctx context.Context, name string, done <-chan error) {
+	grace := e.Settings.Job.StopGrace.D()
+	e.stepf("berth: cancelled, stopping the script (TERM, KILL after %s)", grace)
+	e.signalAll(ctx, name, "TERM")
+	select {
+	case <-done:
+		return
+	case <-time.After(grace):
+	}
+	e.signalAll(ctx, name, "KILL")
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		e.Log.Warnf("job %d: script output did not end after KILL", e.Job.ID)
+	}
+}
+
+// signalAll sends sig to all processes of the container except PID 1 (the
+// keep-alive shell) and the kill itself.
+func (e *Executor) signalAll(ctx context.Context, name, sig string) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ex, err := e.Engine.ContainerExecCreate(ctx, name, container.ExecOptions{
+		Cmd: []string{"sh", "-c", "kill -s " + sig + " -1 2>/dev/null; true"},
+	})
+	if err == nil {
+		hj, aerr := e.Engine.ContainerExecAttach(ctx, ex.ID, container.ExecAttachOptions{})
+		if err = aerr; err == nil {
+			_, _ = io.Copy(io.Discard, hj.Reader) // wait for the kill to finish
+			hj.Close()
+		}
+	}
+	if err != nil {
+		e.Log.WithError(err).Warnf("job %d: send %s to the script", e.Job.ID, sig)
+	}
+}
+
+// runOnHost runs a source, cache or artifact stage with the host's bash, in
+// its own process group so a cancel reaches git and its children.
+func (e *Executor) runOnHost(ctx context.Context, scriptPath, stage string) error {
+	cmd := exec.Command("bash", scriptPath)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return Systemf("start %s on the runner host: %w (bash must be installed)", stage, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		grace := e.Settings.Job.StopGrace.D()
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(grace):
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		return errCancelled
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return &ScriptExit{Code: ee.ExitCode()}
+	}
+	if err != nil {
+		return Systemf("%s on the runner host: %w", stage, err)
+	}
+	return nil
+}

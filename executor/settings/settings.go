@@ -1,0 +1,212 @@
+// Package settings reads the operator's berth.toml once into a struct. Job
+// variables never reach it: only the runner host's files and environment do.
+package settings
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// DefaultPath is where the runner host keeps berth.toml when neither
+// --config nor BERTH_CONFIG names one.
+const DefaultPath = "/etc/gitlab-runner/berth.toml"
+
+// Pull policies for job and service images.
+const (
+	PullAlways       = "always"
+	PullIfNotPresent = "if-not-present"
+	PullNever        = "never"
+)
+
+// Settings is the whole operator configuration.
+type Settings struct {
+	// LogLevel of the operator log on stderr. The runner copies a run
+	// stage's stderr into the job log, so the default stays quiet.
+	LogLevel string `toml:"log_level"`
+	// LogFile, when set, takes the operator log instead of stderr.
+	LogFile string `toml:"log_file"`
+	// BuildsDir and CacheDir on the runner host; each job gets its own
+	// directory under BuildsDir, bind-mounted at the same path.
+	BuildsDir string `toml:"builds_dir"`
+	CacheDir  string `toml:"cache_dir"`
+	// DockerHost overrides DOCKER_HOST for the job engine.
+	DockerHost string `toml:"docker_host"`
+	Job        Job    `toml:"job"`
+}
+
+// Job is how job and service containers are made.
+type Job struct {
+	// DefaultImage runs jobs that name no image.
+	DefaultImage string `toml:"default_image"`
+	// PullPolicy unless the job sets pull_policy itself.
+	PullPolicy string `toml:"pull_policy"`
+	// AllowedPullPolicies are the policies a job may ask for.
+	AllowedPullPolicies []string `toml:"allowed_pull_policies"`
+	// Volumes are extra host mounts, "HOST:CONTAINER[:ro]", the only ones
+	// beyond the builds and cache dirs.
+	Volumes []string `toml:"volumes"`
+	// StopGrace is how long a cancelled script has between TERM and KILL.
+	StopGrace Duration `toml:"stop_grace"`
+	// ServiceWait bounds the wait for services' exposed ports.
+	ServiceWait Duration `toml:"service_wait"`
+	// Memory limit in bytes for each container (0: none) and CPUs (0: none).
+	Memory int64   `toml:"memory"`
+	CPUs   float64 `toml:"cpus"`
+}
+
+// Defaults is the configuration used when no file exists; a file overrides
+// what it sets.
+func Defaults() Settings {
+	return Settings{
+		LogLevel:  "warning",
+		BuildsDir: "/var/lib/berth/builds",
+		CacheDir:  "/var/lib/berth/cache",
+		Job: Job{
+			DefaultImage:        "",
+			PullPolicy:          PullIfNotPresent,
+			AllowedPullPolicies: []string{PullAlways, PullIfNotPresent},
+			StopGrace:           Duration(5 * time.Second),
+			ServiceWait:         Duration(30 * time.Second),
+		},
+	}
+}
+
+// Duration is a time.Duration written as "5s" in TOML.
+type Duration time.Duration
+
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("not a duration (use 30s, 5m): %q", b)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// D is the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// Validate checks values that TOML types alone cannot.
+func (s *Settings) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	switch strings.ToLower(s.LogLevel) {
+	case "panic", "fatal", "error", "warn", "warning", "info", "debug", "trace":
+	default:
+		bad("log_level", "%q is not a level (use error, warning, info or debug)", s.LogLevel)
+	}
+	for field, dir := range map[string]string{"builds_dir": s.BuildsDir, "cache_dir": s.CacheDir} {
+		if !filepath.IsAbs(dir) {
+			bad(field, "%q must be an absolute path on the runner host", dir)
+		}
+	}
+	if !validPolicy(s.Job.PullPolicy) {
+		bad("job.pull_policy", "%q is not a pull policy (use always, if-not-present or never)", s.Job.PullPolicy)
+	}
+	for _, p := range s.Job.AllowedPullPolicies {
+		if !validPolicy(p) {
+			bad("job.allowed_pull_policies", "%q is not a pull policy (use always, if-not-present or never)", p)
+		}
+	}
+	for _, v := range s.Job.Volumes {
+		if _, err := ParseVolume(v); err != nil {
+			bad("job.volumes", "%v", err)
+		}
+	}
+	if s.Job.StopGrace < 0 || s.Job.ServiceWait < 0 {
+		bad("job", "stop_grace and service_wait must not be negative")
+	}
+	if s.Job.Memory < 0 || s.Job.CPUs < 0 {
+		bad("job", "memory and cpus must not be negative")
+	}
+	return errors.Join(errs...)
+}
+
+func validPolicy(p string) bool {
+	return p == PullAlways || p == PullIfNotPresent || p == PullNever
+}
+
+// Volume is one operator-allowed host mount.
+type Volume struct {
+	Host, Container string
+	ReadOnly        bool
+}
+
+// ParseVolume reads "HOST:CONTAINER[:ro|rw]" with absolute paths.
+func ParseVolume(s string) (Volume, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) < 2 || len(parts) > 3 {
+		return Volume{}, fmt.Errorf("%q: use HOST:CONTAINER or HOST:CONTAINER:ro", s)
+	}
+	v := Volume{Host: parts[0], Container: parts[1]}
+	if len(parts) == 3 {
+		switch parts[2] {
+		case "ro":
+			v.ReadOnly = true
+		case "rw":
+		default:
+			return Volume{}, fmt.Errorf("%q: mode must be ro or rw", s)
+		}
+	}
+	if !filepath.IsAbs(v.Host) || !filepath.IsAbs(v.Container) {
+		return Volume{}, fmt.Errorf("%q: both paths must be absolute", s)
+	}
+	return v, nil
+}
+
+// Source says where the settings came from, for `berth check` and errors.
+type Source struct {
+	Path   string // empty when built-in defaults are used
+	Reason string // "--config", "BERTH_CONFIG", "default path" or "built-in defaults"
+}
+
+// Locate picks the file: --config, then BERTH_CONFIG, then DefaultPath.
+// A path named explicitly must exist; the default path may be absent.
+func Locate(flagPath string, getenv func(string) string) (Source, error) {
+	switch {
+	case flagPath != "":
+		return Source{Path: flagPath, Reason: "--config"}, mustExist(flagPath, "--config")
+	case getenv("BERTH_CONFIG") != "":
+		p := getenv("BERTH_CONFIG")
+		return Source{Path: p, Reason: "BERTH_CONFIG"}, mustExist(p, "BERTH_CONFIG")
+	}
+	if _, err := os.Stat(DefaultPath); err == nil {
+		return Source{Path: DefaultPath, Reason: "default path"}, nil
+	}
+	return Source{Reason: "built-in defaults"}, nil
+}
+
+func mustExist(path, via string) error {
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("config file %s (from %s): %w", path, via, err)
+	}
+	return nil
+}
+
+// Load locates, reads and validates the settings.
+func Load(flagPath string, getenv func(string) string) (*Settings, Source, error) {
+	src, err := Locate(flagPath, getenv)
+	if err != nil {
+		return nil, src, err
+	}
+	s := Defaults()
+	if src.Path == "" {
+		return &s, src, nil
+	}
+	data, err := os.ReadFile(src.Path)
+	if err != nil {
+		return nil, src, fmt.Errorf("read config %s: %w", src.Path, err)
+	}
+	if err := Decode(src.Path, data, &s); err != nil {
+		return nil, src, err
+	}
+	return &s, src, nil
+}
