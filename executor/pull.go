@@ -70,7 +70,7 @@ func (e *Executor) pull(ctx context.Context, ref string) error {
 	if err == nil {
 		return nil
 	}
-	msg := e.redactErr(err)
+	msg := strings.TrimPrefix(e.redactErr(err), "Error response from daemon: ")
 	if isMissingImage(err) {
 		return Buildf("image %s not found (%s): check the image name and tag in .gitlab-ci.yml, and that the registry has it", ref, msg)
 	}

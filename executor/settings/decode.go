@@ -26,8 +26,13 @@ func Decode(path string, data []byte, s *Settings) error {
 	if und := md.Undecoded(); len(und) > 0 {
 		lines := keyLines(data)
 		var errs []error
+		reported := map[string]bool{}
 		for _, k := range und {
 			key := k.String()
+			if len(k) > 1 && reported[k[:len(k)-1].String()] {
+				continue // the unknown table is reported already
+			}
+			reported[key] = true
 			errs = append(errs, fmt.Errorf("%s:%d: unknown key %q: remove it or check its spelling (berth check prints the known keys)", path, lines[key], key))
 		}
 		return errors.Join(errs...)

@@ -1,0 +1,202 @@
+package main
+
+// Test helpers for the end-to-end tests: they drive the real gitlab-runner
+// (built by ../shared/gitlab-runner/build.sh) against the real engine.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
+	"github.com/stretchr/testify/require"
+)
+
+// rig is what the end-to-end tests need, found once in TestMain.
+type rig struct {
+	berth   string // the binary under test
+	shared  string // ../shared/gitlab-runner
+	glrBin  string // dir with gitlab-runner and fake-gitlab
+	docker  *client.Client
+	missing string // why the rig is incomplete, if it is
+}
+
+var theRig rig
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		dir, err := os.MkdirTemp("", "berth-e2e-")
+		if err != nil {
+			panic(err)
+		}
+		defer os.RemoveAll(dir)
+		theRig = findRig(dir)
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+func findRig(dir string) rig {
+	r := rig{}
+	r.shared = os.Getenv("BERTH_SHARED")
+	if r.shared == "" {
+		r.shared = filepath.Join(repoRoot(), "..", "shared")
+	}
+	r.shared = filepath.Join(r.shared, "gitlab-runner")
+	r.glrBin = os.Getenv("GLR_BIN")
+	if r.glrBin == "" {
+		home, _ := os.UserHomeDir()
+		r.glrBin = filepath.Join(home, ".cache", "gitlab-runner-harness", "bin")
+	}
+	var err error
+	r.docker, err = client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		_, err = r.docker.Ping(ctx)
+		cancel()
+	}
+	switch {
+	case err != nil:
+		r.missing = "no Docker engine answers (" + err.Error() + "): run `.ci/rig.sh up` or `make test`"
+	case !exists(filepath.Join(r.shared, "run-job.sh")):
+		r.missing = "no runner harness at " + r.shared + " (set BERTH_SHARED)"
+	case !exists(filepath.Join(r.glrBin, "gitlab-runner")) || !exists(filepath.Join(r.glrBin, "fake-gitlab")):
+		r.missing = "no gitlab-runner build in " + r.glrBin + ": run `.ci/rig.sh runner` or `make test` (set GLR_BIN)"
+	}
+	if r.missing != "" {
+		return r
+	}
+	r.berth = filepath.Join(dir, "berth")
+	out, err := exec.Command("go", "build", "-o", r.berth, ".").CombinedOutput()
+	if err != nil {
+		r.missing = "build berth: " + string(out)
+	}
+	return r
+}
+
+func exists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// needRig skips a test without the rig, or fails it when BERTH_REQUIRE_RIG=1
+// (CI), so a missing engine or runner can never pass silently there.
+func needRig(t *testing.T) *rig {
+	t.Helper()
+	if theRig.missing != "" {
+		if os.Getenv("BERTH_REQUIRE_RIG") == "1" {
+			t.Fatalf("end-to-end rig required but missing: %s", theRig.missing)
+		}
+		t.Skipf("skipping end-to-end test: %s", theRig.missing)
+	}
+	return &theRig
+}
+
+// gitRepo makes a repository with a master and a feature branch.
+func gitRepo(t *testing.T) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "app")
+	run := func(args ...string) {
+		cmd := exec.Command("git", args...)
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.com", "GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.com")
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, string(out))
+	}
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	run("init", "-q", "-b", "master")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "README"), []byte("app\n"), 0o644))
+	run("add", ".")
+	run("commit", "-qm", "init")
+	run("branch", "feature/x")
+	return dir
+}
+
+// jobResult is fake-gitlab's result.json.
+type jobResult struct {
+	State         string `json:"state"`
+	FailureReason string `json:"failure_reason"`
+	ExitCode      int    `json:"exit_code"`
+	Trace         string `json:"trace"`
+	JobID         int64  `json:"job_id"`
+	out           string // the run's output dir (runner.log, ...)
+}
+
+func (j jobResult) RunnerLog(t *testing.T) string {
+	b, err := os.ReadFile(filepath.Join(j.out, "runner.log"))
+	require.NoError(t, err)
+	return string(b)
+}
+
+// writeTOML writes a berth.toml for one test; builds and cache dirs live in
+// the test's temp dir.
+func writeTOML(t *testing.T, extra string) string {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "berth.toml")
+	body := fmt.Sprintf("builds_dir = %q\ncache_dir = %q\nlog_level = \"info\"\n%s", filepath.Join(dir, "builds"), filepath.Join(dir, "cache"), extra)
+	require.NoError(t, os.WriteFile(path, []byte(body), 0o644))
+	return path
+}
+
+// runJob renders a payload with job.py and runs it through the real runner
+// with berth as the custom executor.
+func (r *rig) runJob(t *testing.T, tomlPath string, jobArgs ...string) jobResult {
+	t.Helper()
+	out := t.TempDir()
+	payload := filepath.Join(out, "job.json")
+	cmd := exec.Command(filepath.Join(r.shared, "job.py"), jobArgs...)
+	b, err := cmd.Output()
+	require.NoError(t, err, "job.py %v", jobArgs)
+	require.NoError(t, os.WriteFile(payload, b, 0o600))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	run := exec.CommandContext(ctx, filepath.Join(r.shared, "run-job.sh"), payload, out, "--", r.berth, "--config", tomlPath)
+	run.Env = append(os.Environ(), "GLR_BIN="+r.glrBin)
+	combined, err := run.CombinedOutput()
+	require.NoError(t, err, "run-job.sh: %s", combined)
+	var res jobResult
+	data, err := os.ReadFile(filepath.Join(out, "result.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(data, &res))
+	res.out = out
+	return res
+}
+
+// requireNothingLeft checks that no container or network of the job exists.
+func (r *rig) requireNothingLeft(t *testing.T, jobID int64) {
+	t.Helper()
+	ctx := context.Background()
+	f := filters.NewArgs(filters.Arg("label", fmt.Sprintf("berth.job=%d", jobID)))
+	cs, err := r.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	require.NoError(t, err)
+	require.Empty(t, cs, "containers left by job %d", jobID)
+	byName, err := r.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", fmt.Sprintf("berth-job-%d", jobID)))})
+	require.NoError(t, err)
+	require.Empty(t, byName, "containers named after job %d", jobID)
+	ns, err := r.docker.NetworkList(ctx, network.ListOptions{Filters: f})
+	require.NoError(t, err)
+	require.Empty(t, ns, "networks left by job %d", jobID)
+}
+
+// tracePrefix is what the runner puts before each trace line: a timestamp
+// and the stream (00O, 01E, with + for a continuation).
+var tracePrefix = regexp.MustCompile(`(?m)^\S+Z \d\d[OE]\+? ?`)
+
+// traceLines is the trace as a user reads it, one output line per line.
+func traceLines(trace string) string {
+	return tracePrefix.ReplaceAllString(trace, "")
+}

@@ -1,0 +1,95 @@
+package settings
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestDecode(t *testing.T) {
+	tests := []struct {
+		name    string
+		toml    string
+		wantErr []string // substrings; empty means valid
+		check   func(t *testing.T, s Settings)
+	}{
+		{name: "empty file keeps defaults", toml: "", check: func(t *testing.T, s Settings) {
+			assert.Equal(t, Defaults(), s)
+		}},
+		{name: "values override defaults", toml: "builds_dir = \"/b\"\n[job]\ndefault_image = \"busybox:local\"\nstop_grace = \"2s\"\nvolumes = [\"/srv:/srv:ro\"]\n",
+			check: func(t *testing.T, s Settings) {
+				assert.Equal(t, "/b", s.BuildsDir)
+				assert.Equal(t, "/var/lib/berth/cache", s.CacheDir)
+				assert.Equal(t, "busybox:local", s.Job.DefaultImage)
+				assert.Equal(t, 2*time.Second, s.Job.StopGrace.D())
+			}},
+		{name: "syntax error names file and line", toml: "builds_dir = \"/b\"\n[job]\npull_policy = always\n",
+			wantErr: []string{"berth.toml:3:", "expected value"}},
+		{name: "unknown key names file, line and key", toml: "builds_dir = \"/b\"\n\n[job]\ndefault_imag = \"x\"\n",
+			wantErr: []string{`berth.toml:4: unknown key "job.default_imag"`}},
+		{name: "unknown table is reported once", toml: "[jobs]\nfoo = 1\nbar = 2\n",
+			wantErr: []string{`berth.toml:1: unknown key "jobs"`}},
+		{name: "wrong type names the file", toml: "builds_dir = 3\n", wantErr: []string{"berth.toml:", "builds_dir"}},
+		{name: "bad duration", toml: "[job]\nstop_grace = \"soon\"\n", wantErr: []string{"not a duration"}},
+		{name: "relative builds dir", toml: "builds_dir = \"builds\"\n", wantErr: []string{"builds_dir", "absolute"}},
+		{name: "bad pull policy", toml: "[job]\npull_policy = \"sometimes\"\n", wantErr: []string{"job.pull_policy", "sometimes"}},
+		{name: "bad volume", toml: "[job]\nvolumes = [\"/a\"]\n", wantErr: []string{"job.volumes", "HOST:CONTAINER"}},
+		{name: "bad log level", toml: "log_level = \"loud\"\n", wantErr: []string{"log_level"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := Defaults()
+			err := Decode("berth.toml", []byte(tt.toml), &s)
+			if len(tt.wantErr) == 0 {
+				require.NoError(t, err)
+				if tt.check != nil {
+					tt.check(t, s)
+				}
+				return
+			}
+			require.Error(t, err)
+			for _, w := range tt.wantErr {
+				assert.Contains(t, err.Error(), w)
+			}
+			if tt.name == "unknown table is reported once" {
+				assert.NotContains(t, err.Error(), "jobs.foo")
+			}
+		})
+	}
+}
+
+func TestLocate(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "berth.toml")
+	require.NoError(t, os.WriteFile(file, []byte("log_level = \"info\"\n"), 0o644))
+	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+	src, err := Locate(file, env(map[string]string{"BERTH_CONFIG": "/nope"}))
+	require.NoError(t, err)
+	assert.Equal(t, Source{Path: file, Reason: "--config"}, src, "the flag wins over the environment")
+
+	src, err = Locate("", env(map[string]string{"BERTH_CONFIG": file}))
+	require.NoError(t, err)
+	assert.Equal(t, "BERTH_CONFIG", src.Reason)
+
+	_, err = Locate(filepath.Join(dir, "missing.toml"), env(nil))
+	assert.ErrorContains(t, err, "missing.toml (from --config)")
+
+	s, _, err := Load(file, env(nil))
+	require.NoError(t, err)
+	assert.Equal(t, "info", s.LogLevel)
+}
+
+func TestParseVolume(t *testing.T) {
+	v, err := ParseVolume("/srv/data:/data:ro")
+	require.NoError(t, err)
+	assert.Equal(t, Volume{Host: "/srv/data", Container: "/data", ReadOnly: true}, v)
+	for _, bad := range []string{"/a", "a:/b", "/a:/b:rx", "/a:/b:ro:x"} {
+		_, err := ParseVolume(bad)
+		assert.Error(t, err, bad)
+	}
+}
