@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -40,7 +41,10 @@ func TestMain(m *testing.M) {
 			panic(err)
 		}
 		defer os.RemoveAll(dir)
-		theRig = findRig(dir)
+		flag.Parse()
+		if !testing.Short() {
+			theRig = findRig(dir)
+		}
 		return m.Run()
 	}()
 	os.Exit(code)
@@ -95,6 +99,9 @@ func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 // (CI), so a missing engine or runner can never pass silently there.
 func needRig(t *testing.T) *rig {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: no end-to-end tests")
+	}
 	if theRig.missing != "" {
 		if os.Getenv("BERTH_REQUIRE_RIG") == "1" {
 			t.Fatalf("end-to-end rig required but missing: %s", theRig.missing)

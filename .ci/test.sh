@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# make test: start the rig, then run every test. The end-to-end tests need
+# the real gitlab-runner; when it cannot be had they are skipped, and this
+# script says so plainly (in CI, where CI=true, that is a failure instead).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+.ci/rig.sh up
+if GLR_BIN=$(.ci/rig.sh runner | tail -n1) && [ -x "$GLR_BIN/gitlab-runner" ]; then
+	export GLR_BIN BERTH_REQUIRE_RIG=1
+	echo "test: end-to-end tests run through gitlab-runner from $GLR_BIN"
+	skipped=""
+else
+	skipped="no gitlab-runner could be built from ../shared/gitlab-runner (set BERTH_SHARED or GLR_BIN)"
+	if [ "${CI:-}" = true ]; then
+		echo "test: error: $skipped" >&2
+		exit 1
+	fi
+	echo "test: WARNING: $skipped: the end-to-end tests will be SKIPPED" >&2
+fi
+
+go test -count=1 ./...
+
+if [ -n "$skipped" ]; then
+	echo "test: WARNING: the end-to-end tests were SKIPPED: $skipped" >&2
+fi

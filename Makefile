@@ -1,0 +1,36 @@
+# berth: build, test and try the GitLab Runner custom executor.
+GO      ?= go
+BIN     ?= bin/berth
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: build test unit lint rig demo bench clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/berth
+
+# Starts the rig (engine, registry, images, runner) and runs every test.
+test:
+	.ci/test.sh
+
+# Unit tests only: no engine, no runner.
+unit:
+	$(GO) test -short ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+rig:
+	.ci/rig.sh up
+
+# Runs the example app's jobs through the real runner with berth.
+demo: build
+	examples/demo.sh
+
+# Side-by-side benchmarks against the bash driver; writes docs/BENCHMARKS.md.
+bench: build
+	bench/run.sh
+
+clean:
+	rm -rf bin

@@ -1,0 +1,143 @@
+package executor
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
+	"github.com/sirupsen/logrus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/berthci/berth/executor/api"
+	"github.com/berthci/berth/executor/settings"
+)
+
+// realEngine is the rig's Docker engine; without one the test is skipped,
+// or fails under BERTH_REQUIRE_RIG=1 (CI).
+func realEngine(t *testing.T) *client.Client {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: no engine tests")
+	}
+	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_, err = c.Ping(ctx)
+	}
+	if err != nil {
+		if os.Getenv("BERTH_REQUIRE_RIG") == "1" {
+			t.Fatalf("Docker engine required: %v", err)
+		}
+		t.Skipf("no Docker engine (run .ci/rig.sh up): %v", err)
+	}
+	return c
+}
+
+func testExecutor(t *testing.T, eng Engine, job *Job) (*Executor, *bytes.Buffer) {
+	s := settings.Defaults()
+	s.BuildsDir = t.TempDir()
+	s.CacheDir = t.TempDir()
+	var out bytes.Buffer
+	log := logrus.New()
+	log.SetOutput(&out)
+	return New(eng, &s, job, &out, log, "test"), &out
+}
+
+func testJob(id int64, img string) *Job {
+	return NewJob(&api.JobResponse{ID: id, Token: "glcbt-token-x", RunnerInfo: api.RunnerInfo{Timeout: 60},
+		JobInfo: api.JobInfo{Name: "t", Stage: "test", PipelineID: 1, ProjectFullPath: "g/p"},
+		GitInfo: api.GitInfo{Ref: "master", RefType: "branch"}, Image: api.Image{Name: img}})
+}
+
+func jobLeftovers(t *testing.T, c *client.Client, e *Executor) (int, int) {
+	cs, err := c.ContainerList(context.Background(), container.ListOptions{All: true, Filters: e.jobFilter()})
+	require.NoError(t, err)
+	ns, err := c.NetworkList(context.Background(), network.ListOptions{Filters: e.jobFilter()})
+	require.NoError(t, err)
+	return len(cs), len(ns)
+}
+
+func TestCleanupIsIdempotentAndNeedsNoPrepare(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	e, _ := testExecutor(t, c, testJob(time.Now().UnixNano()%1e9, "busybox:local"))
+	require.NoError(t, e.Cleanup(ctx), "cleanup without prepare")
+
+	require.NoError(t, e.Prepare(ctx))
+	nc, nn := jobLeftovers(t, c, e)
+	assert.Equal(t, 1, nc)
+	assert.Equal(t, 1, nn)
+	require.NoError(t, e.Cleanup(ctx))
+	require.NoError(t, e.Cleanup(ctx), "a second cleanup")
+	nc, nn = jobLeftovers(t, c, e)
+	assert.Zero(t, nc)
+	assert.Zero(t, nn)
+	assert.NoDirExists(t, JobDir(e.Settings, e.Job))
+}
+
+func TestPrepareWithMissingImageIsBuildFailure(t *testing.T) {
+	c := realEngine(t)
+	e, out := testExecutor(t, c, testJob(time.Now().UnixNano()%1e9, "127.0.0.1:5000/berth-test/missing:v9"))
+	err := e.Prepare(context.Background())
+	require.Error(t, err)
+	assert.Equal(t, BuildFailure, ClassOf(err))
+	assert.Contains(t, err.Error(), "not found")
+	assert.NotContains(t, out.String()+err.Error(), "glcbt-token-x")
+	require.NoError(t, e.Cleanup(context.Background()))
+}
+
+func TestSweepRemovesOnlyJobsThatAreOver(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	s := settings.Defaults()
+	s.BuildsDir = t.TempDir()
+	now := time.Now()
+	base := now.UnixNano() % 1e9
+	mk := func(id int64, deadline time.Time) {
+		labels := map[string]string{LabelJob: strconv.FormatInt(id, 10), LabelDeadline: deadline.UTC().Format(time.RFC3339)}
+		name := "berth-job-" + strconv.FormatInt(id, 10)
+		_, err := c.NetworkCreate(ctx, name, network.CreateOptions{Labels: labels})
+		require.NoError(t, err)
+		_, err = c.ContainerCreate(ctx, &container.Config{Image: "busybox:local", Labels: labels}, nil, nil, nil, name)
+		require.NoError(t, err)
+		require.NoError(t, os.MkdirAll(JobDir(&s, &Job{ID: id}), 0o755))
+	}
+	mk(base, now.Add(-time.Minute)) // over
+	mk(base+1, now.Add(time.Hour))  // still running
+	defer func() {
+		for _, id := range []int64{base, base + 1} {
+			name := "berth-job-" + strconv.FormatInt(id, 10)
+			_ = c.ContainerRemove(ctx, name, container.RemoveOptions{Force: true})
+			_ = c.NetworkRemove(ctx, name)
+		}
+	}()
+
+	sw := &Sweeper{Engine: c, Settings: &s, Now: time.Now}
+	res, err := sw.Sweep(ctx, SweepOptions{DryRun: true})
+	require.NoError(t, err)
+	assert.Contains(t, res.Containers, "berth-job-"+strconv.FormatInt(base, 10))
+	_, err = c.ContainerInspect(ctx, "berth-job-"+strconv.FormatInt(base, 10))
+	require.NoError(t, err, "a dry run removes nothing")
+
+	res, err = sw.Sweep(ctx, SweepOptions{})
+	require.NoError(t, err)
+	assert.Contains(t, res.Containers, "berth-job-"+strconv.FormatInt(base, 10))
+	assert.NotContains(t, res.Containers, "berth-job-"+strconv.FormatInt(base+1, 10))
+	assert.Contains(t, res.Networks, "berth-job-"+strconv.FormatInt(base, 10))
+	assert.NoDirExists(t, JobDir(&s, &Job{ID: base}))
+	assert.DirExists(t, JobDir(&s, &Job{ID: base + 1}))
+	_, err = c.ContainerInspect(ctx, "berth-job-"+strconv.FormatInt(base+1, 10))
+	assert.NoError(t, err, "a running job is kept")
+
+	res, err = sw.Sweep(ctx, SweepOptions{OlderThan: time.Nanosecond})
+	require.NoError(t, err)
+	assert.Contains(t, res.Containers, "berth-job-"+strconv.FormatInt(base+1, 10), "--older-than overrides the deadline")
+}
