@@ -21,6 +21,13 @@ fi
 
 go test -count=1 ./...
 
+# The benchmarks once each, so they cannot rot; timings are for make bench.
+if [ -z "$skipped" ]; then
+	make build >/dev/null
+	BERTH_BIN=$PWD/bin/berth go test -count=1 -run '^$' -bench . -benchtime 1x ./bench >/dev/null
+	echo "test: benchmarks ran once each (make bench measures them)"
+fi
+
 if [ -n "$skipped" ]; then
 	echo "test: WARNING: the end-to-end tests were SKIPPED: $skipped" >&2
 fi

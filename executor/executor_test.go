@@ -120,3 +120,28 @@ func TestRemoveJobDirRefusesOutsideBuildsDir(t *testing.T) {
 	require.NoError(t, removeJobDir(root, job))
 	assert.NoDirExists(t, job)
 }
+
+func TestPullPolicy(t *testing.T) {
+	s := settings.Defaults()
+	e := &Executor{Settings: &s}
+	tests := []struct {
+		asked   []string
+		want    string
+		wantErr string
+	}{
+		{nil, settings.PullIfNotPresent, ""},
+		{[]string{"always"}, "always", ""},
+		{[]string{"never", "if-not-present"}, "if-not-present", ""},
+		{[]string{"never"}, "", "allows only"},
+	}
+	for _, tt := range tests {
+		got, err := e.pullPolicy("img", tt.asked)
+		if tt.wantErr != "" {
+			assert.ErrorContains(t, err, tt.wantErr)
+			assert.Equal(t, BuildFailure, ClassOf(err))
+			continue
+		}
+		require.NoError(t, err)
+		assert.Equal(t, tt.want, got)
+	}
+}

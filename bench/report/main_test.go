@@ -1,0 +1,31 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestReport(t *testing.T) {
+	in := `cpu: test cpu
+BenchmarkInvocation/config/berth-2   20  4000000 ns/op  4.0 median-ms
+BenchmarkInvocation/config/berth-2   20  4000000 ns/op  6.0 median-ms
+BenchmarkInvocation/config/berth-2   20  4000000 ns/op  5.0 median-ms
+BenchmarkInvocation/config/bash-2    20  4000000 ns/op  10.0 median-ms
+BenchmarkTrivialJob/berth-2           5  1 ns/op  2000 median-ms
+BenchmarkTrivialJob/bash-2            5  1 ns/op  1000 median-ms
+cpu: test cpu
+`
+	var out bytes.Buffer
+	require.NoError(t, run(strings.NewReader(in), &out, "T"))
+	s := out.String()
+	assert.Contains(t, s, "| Invocation/config | 5.0 | 10.0 | 0.50 | ≤ 15 ms | yes |", "the median of three counts")
+	assert.Contains(t, s, "| TrivialJob | 2000.0 | 1000.0 | 2.00 |")
+	assert.Contains(t, s, "**no**")
+	assert.Equal(t, 1, strings.Count(s, "cpu: test cpu"))
+
+	assert.Error(t, run(strings.NewReader("PASS\n"), &out, "T"), "no results is an error")
+}

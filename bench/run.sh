@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# make bench: runs the side-by-side benchmarks and writes docs/BENCHMARKS.md.
+#   BENCH_COUNT  repetitions of each benchmark (default 5)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+.ci/rig.sh up
+GLR_BIN=$(.ci/rig.sh runner | tail -n1)
+export GLR_BIN BERTH_BIN=$root/bin/berth
+[ -x "$BERTH_BIN" ] || make build
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+go test -run '^$' -bench 'Invocation' -benchtime 15x -count "${BENCH_COUNT:-5}" ./bench | tee "$out"
+go test -run '^$' -bench 'TrivialJob' -benchtime 5x -count "${BENCH_COUNT:-5}" ./bench | tee -a "$out"
+go run ./bench/report -title "Benchmarks" <"$out" >docs/BENCHMARKS.md
+echo "bench: wrote docs/BENCHMARKS.md"
+cat docs/BENCHMARKS.md

@@ -1,0 +1,48 @@
+package settings
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestReferenceCoversEveryKey keeps docs/configuration.md true to the code.
+func TestReferenceCoversEveryKey(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "configuration.md"))
+	require.NoError(t, err)
+	for _, key := range tomlKeys(reflect.TypeOf(Settings{}), "") {
+		last := key[strings.LastIndex(key, ".")+1:]
+		assert.Contains(t, string(doc), "| `"+last+"` |", "docs/configuration.md lacks %s", key)
+	}
+}
+
+// TestExampleIsValid checks that the shipped example passes `berth check`.
+func TestExampleIsValid(t *testing.T) {
+	path := filepath.Join("..", "..", "examples", "berth.toml")
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	s := Defaults()
+	require.NoError(t, Decode(path, data, &s))
+}
+
+func tomlKeys(t reflect.Type, prefix string) []string {
+	var keys []string
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag := f.Tag.Get("toml")
+		if tag == "" {
+			continue
+		}
+		if f.Type.Kind() == reflect.Struct {
+			keys = append(keys, tomlKeys(f.Type, prefix+tag+".")...)
+			continue
+		}
+		keys = append(keys, prefix+tag)
+	}
+	return keys
+}
