@@ -22,7 +22,10 @@ die() { printf 'rig: error: %s\n' "$*" >&2; exit 1; }
 
 apt_install() { # apt_install PKG... : installs the missing ones
 	local missing=() p
-	for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+	for p in "$@"; do
+		# a removed package keeps its config files and still answers dpkg -s
+		[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || missing+=("$p")
+	done
 	[ ${#missing[@]} -eq 0 ] && return 0
 	[ "$(id -u)" = 0 ] || die "need root to apt-get install ${missing[*]}"
 	say "installing ${missing[*]}"
