@@ -101,8 +101,10 @@ func TestSweepRemovesOnlyJobsThatAreOver(t *testing.T) {
 	s.BuildsDir = t.TempDir()
 	now := time.Now()
 	base := now.UnixNano() % 1e9
+	// a project of its own: other tests' jobs run on this engine meanwhile
+	project := "sweep-test/" + strconv.FormatInt(base, 10)
 	mk := func(id int64, deadline time.Time) {
-		labels := map[string]string{LabelJob: strconv.FormatInt(id, 10), LabelDeadline: deadline.UTC().Format(time.RFC3339)}
+		labels := map[string]string{LabelJob: strconv.FormatInt(id, 10), LabelProject: project, LabelDeadline: deadline.UTC().Format(time.RFC3339)}
 		name := "berth-job-" + strconv.FormatInt(id, 10)
 		_, err := c.NetworkCreate(ctx, name, network.CreateOptions{Labels: labels})
 		require.NoError(t, err)
@@ -121,13 +123,13 @@ func TestSweepRemovesOnlyJobsThatAreOver(t *testing.T) {
 	}()
 
 	sw := &Sweeper{Engine: c, Settings: &s, Now: time.Now}
-	res, err := sw.Sweep(ctx, SweepOptions{DryRun: true})
+	res, err := sw.Sweep(ctx, SweepOptions{Project: project, DryRun: true})
 	require.NoError(t, err)
 	assert.Contains(t, res.Containers, "berth-job-"+strconv.FormatInt(base, 10))
 	_, err = c.ContainerInspect(ctx, "berth-job-"+strconv.FormatInt(base, 10))
 	require.NoError(t, err, "a dry run removes nothing")
 
-	res, err = sw.Sweep(ctx, SweepOptions{})
+	res, err = sw.Sweep(ctx, SweepOptions{Project: project})
 	require.NoError(t, err)
 	assert.Contains(t, res.Containers, "berth-job-"+strconv.FormatInt(base, 10))
 	assert.NotContains(t, res.Containers, "berth-job-"+strconv.FormatInt(base+1, 10))
@@ -137,7 +139,7 @@ func TestSweepRemovesOnlyJobsThatAreOver(t *testing.T) {
 	_, err = c.ContainerInspect(ctx, "berth-job-"+strconv.FormatInt(base+1, 10))
 	assert.NoError(t, err, "a running job is kept")
 
-	res, err = sw.Sweep(ctx, SweepOptions{OlderThan: time.Nanosecond})
+	res, err = sw.Sweep(ctx, SweepOptions{Project: project, OlderThan: time.Nanosecond})
 	require.NoError(t, err)
 	assert.Contains(t, res.Containers, "berth-job-"+strconv.FormatInt(base+1, 10), "--older-than overrides the deadline")
 }

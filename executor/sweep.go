@@ -17,7 +17,9 @@ type SweepOptions struct {
 	// OlderThan removes job resources created longer ago than this even if
 	// their deadline has not passed; 0 relies on the deadline label only.
 	OlderThan time.Duration
-	DryRun    bool
+	// Project limits the sweep to one project's jobs (its full path).
+	Project string
+	DryRun  bool
 }
 
 // SweepResult says what was (or would be) removed.
@@ -46,6 +48,9 @@ func (s *Sweeper) over(labels map[string]string, created time.Time, opts SweepOp
 func (s *Sweeper) Sweep(ctx context.Context, opts SweepOptions) (SweepResult, error) {
 	var res SweepResult
 	f := filters.NewArgs(filters.Arg("label", LabelJob))
+	if opts.Project != "" {
+		f.Add("label", LabelProject+"="+opts.Project)
+	}
 	list, err := s.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
 	if err != nil {
 		return res, Systemf("list job containers: %w", err)

@@ -170,6 +170,7 @@ func (a *app) sweep(ctx context.Context, args []string) error {
 	fs.SetOutput(a.stderr)
 	olderThan := fs.Duration("older-than", 0, "also remove job resources older than this (e.g. 3h)")
 	dryRun := fs.Bool("dry-run", false, "list what would be removed")
+	project := fs.String("project", "", "only this project's jobs (full path, group/app)")
 	if err := fs.Parse(args); err != nil {
 		return executor.System(err)
 	}
@@ -181,7 +182,7 @@ func (a *app) sweep(ctx context.Context, args []string) error {
 		return err
 	}
 	sw := &executor.Sweeper{Engine: eng, Settings: a.settings, Now: time.Now}
-	res, err := sw.Sweep(ctx, executor.SweepOptions{OlderThan: *olderThan, DryRun: *dryRun})
+	res, err := sw.Sweep(ctx, executor.SweepOptions{OlderThan: *olderThan, Project: *project, DryRun: *dryRun})
 	verb := "removed"
 	if *dryRun {
 		verb = "would remove"

@@ -34,7 +34,7 @@ Runner protocol (called by gitlab-runner's custom executor):
 
 Operator commands:
   check                  validate berth.toml and print the effective settings
-  sweep [--older-than D] [--dry-run]
+  sweep [--older-than D] [--project P] [--dry-run]
                          remove what crashed jobs left behind
   version                print berth's version
 
