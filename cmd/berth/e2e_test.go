@@ -160,3 +160,23 @@ func TestE2EMalformedTOML(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, string(out), unknown+`:3: unknown key "job.default_imag"`)
 }
+
+func TestE2EServiceEntrypointCommandVariables(t *testing.T) {
+	r := needRig(t)
+	repo := gitRepo(t)
+	toml := writeTOML(t, defaultTOML)
+	edit := func(p map[string]any) {
+		p["services"] = []any{map[string]any{
+			"name": "busybox:local", "alias": "greeter",
+			"entrypoint": []string{"sh", "-c"},
+			"command":    []string{`mkdir -p /www && echo "$GREETING from the service" > /www/index.html && exec httpd -f -p 8080 -h /www`},
+			"variables":  []any{map[string]any{"key": "GREETING", "value": "hello"}},
+		}}
+	}
+	// busybox exposes no port, so prepare cannot wait for it: the job retries
+	script := `for i in $(seq 50); do wget -qO- http://greeter:8080/ && exit 0; sleep 0.2; done; exit 1`
+	res := r.runJobWith(t, toml, edit, "--repo", repo, "--ref", "master", "--stage", "test", "--image", "busybox:local", "--script", script)
+	assert.Equal(t, "success", res.State, res.Trace)
+	assert.Contains(t, traceLines(res.Trace), "\nhello from the service\n")
+	r.requireNothingLeft(t, res.JobID)
+}

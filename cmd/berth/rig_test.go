@@ -162,11 +162,25 @@ func writeTOML(t *testing.T, extra string) string {
 // with berth as the custom executor.
 func (r *rig) runJob(t *testing.T, tomlPath string, jobArgs ...string) jobResult {
 	t.Helper()
+	return r.runJobWith(t, tomlPath, nil, jobArgs...)
+}
+
+// runJobWith is runJob with a change to the payload for what job.py cannot
+// express (a service's entrypoint, command and variables).
+func (r *rig) runJobWith(t *testing.T, tomlPath string, edit func(payload map[string]any), jobArgs ...string) jobResult {
+	t.Helper()
 	out := t.TempDir()
 	payload := filepath.Join(out, "job.json")
 	cmd := exec.Command(filepath.Join(r.shared, "job.py"), jobArgs...)
 	b, err := cmd.Output()
 	require.NoError(t, err, "job.py %v", jobArgs)
+	if edit != nil {
+		var p map[string]any
+		require.NoError(t, json.Unmarshal(b, &p))
+		edit(p)
+		b, err = json.Marshal(p)
+		require.NoError(t, err)
+	}
 	require.NoError(t, os.WriteFile(payload, b, 0o600))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
