@@ -37,6 +37,7 @@ func Decode(path string, data []byte, s *Settings) error {
 		}
 		return errors.Join(errs...)
 	}
+	s.applyDeployDefaults()
 	if err := s.Validate(); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}

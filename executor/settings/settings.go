@@ -36,6 +36,13 @@ type Settings struct {
 	// DockerHost overrides DOCKER_HOST for the job engine.
 	DockerHost string `toml:"docker_host"`
 	Job        Job    `toml:"job"`
+
+	// Native deploy and release (stages, flows, environments).
+	Registry     Registry               `toml:"registry"`
+	Build        Build                  `toml:"build"`
+	Stages       map[string]string      `toml:"stages"`
+	Flows        []Flow                 `toml:"flows"`
+	Environments map[string]Environment `toml:"environments"`
 }
 
 // Job is how job and service containers are made.
@@ -61,7 +68,7 @@ type Job struct {
 // Defaults is the configuration used when no file exists; a file overrides
 // what it sets.
 func Defaults() Settings {
-	return Settings{
+	s := Settings{
 		LogLevel:  "warning",
 		BuildsDir: "/var/lib/berth/builds",
 		CacheDir:  "/var/lib/berth/cache",
@@ -73,6 +80,8 @@ func Defaults() Settings {
 			ServiceWait:         Duration(30 * time.Second),
 		},
 	}
+	s.applyDeployDefaults()
+	return s
 }
 
 // Duration is a time.Duration written as "5s" in TOML.
@@ -127,6 +136,7 @@ func (s *Settings) Validate() error {
 	if s.Job.Memory < 0 || s.Job.CPUs < 0 {
 		bad("job", "memory and cpus must not be negative")
 	}
+	errs = append(errs, s.validateDeploy())
 	return errors.Join(errs...)
 }
 

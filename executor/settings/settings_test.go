@@ -39,6 +39,20 @@ func TestDecode(t *testing.T) {
 		{name: "bad pull policy", toml: "[job]\npull_policy = \"sometimes\"\n", wantErr: []string{"job.pull_policy", "sometimes"}},
 		{name: "bad volume", toml: "[job]\nvolumes = [\"/a\"]\n", wantErr: []string{"job.volumes", "HOST:CONTAINER"}},
 		{name: "bad log level", toml: "log_level = \"loud\"\n", wantErr: []string{"log_level"}},
+		{name: "bad stage action", toml: "[stages]\nship = \"launch\"\n", wantErr: []string{"stages.ship", "launch"}},
+		{name: "flow with branch and tag", toml: "[[flows]]\nname = \"x\"\nbranch = \"a\"\ntag = \"b\"\nimage_tag = \"t\"\n", wantErr: []string{"flows[0] (x)", "exactly one"}},
+		{name: "flow with bad pattern", toml: "[[flows]]\nname = \"x\"\nbranch = \"(\"\nimage_tag = \"t\"\n", wantErr: []string{"bad pattern"}},
+		{name: "flow to unknown environment", toml: "[[flows]]\nname = \"x\"\nbranch = \"a\"\nimage_tag = \"t\"\nenvironment = \"moon\"\n", wantErr: []string{`environment "moon" is not defined`}},
+		{name: "bad driver", toml: "[environments.web]\ndriver = \"ftp\"\n", wantErr: []string{"environments.web.driver", "ftp"}},
+		{name: "flows replace the defaults, environments get defaults", toml: "[[flows]]\nname = \"all\"\nbranch = \".*\"\nimage_tag = \"{ref}\"\nenvironment = \"web\"\n[environments.web]\ndriver = \"container\"\n[environments.web.container]\nports = [\"127.0.0.1:6000:5000\"]\n",
+			check: func(t *testing.T, s Settings) {
+				require.Len(t, s.Flows, 1)
+				web := s.Environments["web"]
+				assert.Equal(t, "web", web.Container.Name)
+				assert.Equal(t, 2, web.Container.Keep)
+				assert.Equal(t, 10*time.Minute, web.LockTimeout.D())
+				assert.Equal(t, "deploy", s.Stages["deploy"])
+			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

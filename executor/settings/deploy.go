@@ -1,0 +1,221 @@
+package settings
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"time"
+)
+
+// Stage actions in the [stages] table.
+const (
+	ActionScript  = "script"  // run the job's own script in its container
+	ActionDeploy  = "deploy"  // build, push and deploy the flow's environment
+	ActionRelease = "release" // promote the tested image to the tag
+)
+
+// Environment drivers.
+const (
+	DriverContainer = "container"
+	DriverCompose   = "compose"
+	DriverKube      = "kube"
+)
+
+// Registry is where built images go.
+type Registry struct {
+	// Image is the repository, without tag; empty means the job's
+	// CI_REGISTRY_IMAGE.
+	Image    string `toml:"image"`
+	Username string `toml:"username"`
+	Password string `toml:"password"`
+	// Retries of a push or promotion after a transient error.
+	Retries int `toml:"retries"`
+}
+
+// Build is how deploy and release build an image from the sources.
+type Build struct {
+	Dockerfile string            `toml:"dockerfile"` // relative to the context
+	Context    string            `toml:"context"`    // relative to the project dir
+	Args       map[string]string `toml:"args"`
+	// JobOverrides names what job variables may change: "dockerfile"
+	// (BERTH_DOCKERFILE), "context" (BERTH_CONTEXT) and "args.NAME"
+	// (BERTH_BUILD_ARG_NAME). Nothing else can be steered by a job.
+	JobOverrides []string `toml:"job_overrides"`
+}
+
+// Flow maps refs to an image tag and an environment. The first flow whose
+// branch or tag pattern matches the job's ref wins.
+type Flow struct {
+	Name string `toml:"name"`
+	// Branch or Tag is a regular expression matched against the whole ref
+	// name; a flow has one of them.
+	Branch string `toml:"branch"`
+	Tag    string `toml:"tag"`
+	// ImageTag is the tag to build or promote: a literal, or "{ref}".
+	ImageTag string `toml:"image_tag"`
+	// Environment is deployed by the deploy stage ("" deploys nothing).
+	Environment string `toml:"environment"`
+	// Candidates are the tags, in order, a release looks for an image of
+	// the same commit in: "{version}" is the tag without its leading v and
+	// any -hotfixN suffix.
+	Candidates []string `toml:"candidates"`
+}
+
+// Environment is a deploy target.
+type Environment struct {
+	Driver string `toml:"driver"`
+	// Manual environments deploy only from a job started by hand
+	// (CI_JOB_MANUAL=true).
+	Manual bool `toml:"manual"`
+	// Protected environments deploy only from refs that GitLab protects
+	// and that a flow sends there.
+	Protected bool `toml:"protected"`
+	// LockTimeout bounds the wait for another deploy of the environment.
+	LockTimeout Duration `toml:"lock_timeout"`
+	// DockerHost is the target engine (unix://, tcp://, ssh://); empty is
+	// the job engine.
+	DockerHost string        `toml:"docker_host"`
+	Container  ContainerSpec `toml:"container"`
+}
+
+// ContainerSpec renders the one container of a `container` environment.
+type ContainerSpec struct {
+	Name     string            `toml:"name"`
+	Ports    []string          `toml:"ports"` // [HOST_IP:]HOST:CONTAINER[/proto]
+	Env      []string          `toml:"env"`   // KEY=VALUE
+	EnvFile  string            `toml:"env_file"`
+	Volumes  []string          `toml:"volumes"` // SOURCE:TARGET[:ro], named volume or absolute path
+	Networks []string          `toml:"networks"`
+	Restart  string            `toml:"restart"` // no, always, unless-stopped, on-failure
+	Labels   map[string]string `toml:"labels"`
+	// Health: an HTTP URL that must answer 2xx, or a command run in the
+	// container that must exit 0; neither means "running".
+	HealthURL     string   `toml:"health_url"`
+	HealthCmd     []string `toml:"health_cmd"`
+	HealthTimeout Duration `toml:"health_timeout"`
+	StopTimeout   Duration `toml:"stop_timeout"`
+	// Keep is how many previous containers stay, stopped, for rollback.
+	Keep int `toml:"keep"`
+}
+
+// DefaultStages are the built-in stage names.
+func DefaultStages() map[string]string {
+	return map[string]string{"style": ActionScript, "test": ActionScript, "deploy": ActionDeploy, "release": ActionRelease}
+}
+
+// DefaultFlows are the gitflow of DEVELOPERS.md.
+func DefaultFlows() []Flow {
+	return []Flow{
+		{Name: "develop", Branch: `develop`, ImageTag: "develop", Environment: "integration"},
+		{Name: "release", Branch: `release-\d+\.\d+\.\d+`, ImageTag: "{ref}", Environment: "alpha"},
+		{Name: "tag", Tag: `v\d+\.\d+\.\d+(-hotfix\d+)?`, ImageTag: "{ref}", Environment: "prod",
+			Candidates: []string{"release-{version}", "develop", "latest"}},
+		{Name: "master", Branch: `master|main`, ImageTag: "latest", Environment: "web"},
+	}
+}
+
+// DefaultEnvironments match DefaultFlows.
+func DefaultEnvironments() map[string]Environment {
+	return map[string]Environment{
+		"integration": {Driver: DriverCompose},
+		"alpha":       {Driver: DriverKube},
+		"prod":        {Driver: DriverKube, Manual: true, Protected: true},
+		"web": {Driver: DriverContainer, Container: ContainerSpec{
+			Name: "web", Ports: []string{"6000:5000"}, Restart: "unless-stopped",
+		}},
+	}
+}
+
+// applyDeployDefaults fills what a file left out; called after decoding.
+func (s *Settings) applyDeployDefaults() {
+	if s.Stages == nil {
+		s.Stages = DefaultStages()
+	}
+	if s.Flows == nil {
+		s.Flows = DefaultFlows()
+	}
+	if s.Environments == nil {
+		s.Environments = DefaultEnvironments()
+	}
+	for name, env := range s.Environments {
+		if env.LockTimeout == 0 {
+			env.LockTimeout = Duration(10 * time.Minute)
+		}
+		c := &env.Container
+		if c.Name == "" {
+			c.Name = name
+		}
+		if c.HealthTimeout == 0 {
+			c.HealthTimeout = Duration(30 * time.Second)
+		}
+		if c.StopTimeout == 0 {
+			c.StopTimeout = Duration(10 * time.Second)
+		}
+		if c.Keep == 0 {
+			c.Keep = 2
+		}
+		s.Environments[name] = env
+	}
+	if s.Build.Dockerfile == "" {
+		s.Build.Dockerfile = "Dockerfile"
+	}
+	if s.Build.Context == "" {
+		s.Build.Context = "."
+	}
+	if s.Registry.Retries == 0 {
+		s.Registry.Retries = 4
+	}
+}
+
+func (s *Settings) validateDeploy() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+	}
+	for _, name := range sortedKeys(s.Stages) {
+		switch s.Stages[name] {
+		case ActionScript, ActionDeploy, ActionRelease:
+		default:
+			bad("stages."+name, "%q is not an action (use script, deploy or release)", s.Stages[name])
+		}
+	}
+	for i, f := range s.Flows {
+		field := fmt.Sprintf("flows[%d] (%s)", i, f.Name)
+		if (f.Branch == "") == (f.Tag == "") {
+			bad(field, "set exactly one of branch and tag")
+		}
+		for _, re := range []string{f.Branch, f.Tag} {
+			if _, err := regexp.Compile("^(?:" + re + ")$"); err != nil {
+				bad(field, "bad pattern %q: %v", re, err)
+			}
+		}
+		if f.ImageTag == "" {
+			bad(field, "image_tag is empty (use a literal tag or \"{ref}\")")
+		}
+		if _, ok := s.Environments[f.Environment]; f.Environment != "" && !ok {
+			bad(field, "environment %q is not defined under [environments]", f.Environment)
+		}
+	}
+	for _, name := range sortedKeys(s.Environments) {
+		env := s.Environments[name]
+		switch env.Driver {
+		case DriverContainer, DriverCompose, DriverKube:
+		default:
+			bad("environments."+name+".driver", "%q is not a driver (use container, compose or kube)", env.Driver)
+		}
+		if env.Container.Keep < 0 {
+			bad("environments."+name+".container.keep", "must not be negative")
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
