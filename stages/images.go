@@ -1,0 +1,244 @@
+package stages
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/build"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/registry"
+
+	"github.com/berthci/berth/executor"
+)
+
+// ImageEngine is the part of the Engine API that builds and pushes.
+type ImageEngine interface {
+	ImageBuild(ctx context.Context, buildContext io.Reader, opts build.ImageBuildOptions) (build.ImageBuildResponse, error)
+	ImagePush(ctx context.Context, ref string, opts image.PushOptions) (io.ReadCloser, error)
+	ImageTag(ctx context.Context, source, target string) error
+}
+
+// Images builds and pushes through one engine.
+type Images struct {
+	Engine  ImageEngine
+	Creds   *Credentials
+	Out     io.Writer // the job log
+	Retries int
+	// Sleep waits between retries; tests make it instant.
+	Sleep func(time.Duration)
+}
+
+// BuildOptions describe one build from checked-out sources.
+type BuildOptions struct {
+	Dir        string // the context directory
+	Dockerfile string // relative to Dir
+	Args       map[string]string
+	Tags       []string
+	Labels     map[string]string
+}
+
+// OCI labels stamped on every build.
+const (
+	LabelRevision = "org.opencontainers.image.revision"
+	LabelSource   = "org.opencontainers.image.source"
+	LabelVersion  = "org.opencontainers.image.version"
+	LabelCreated  = "org.opencontainers.image.created"
+)
+
+// Build builds an image with BuildKit, printing one line per finished step.
+// A failed build is the job's fault and quotes the failing step.
+func (im *Images) Build(ctx context.Context, o BuildOptions) (string, error) {
+	if err := checkInside(o.Dir, o.Dockerfile); err != nil {
+		return "", err
+	}
+	ctxTar, err := tarContext(o.Dir, o.Dockerfile)
+	if err != nil {
+		return "", executor.Buildf("build context %s: %w", o.Dir, err)
+	}
+	defer ctxTar.Close()
+	args := map[string]*string{}
+	for k, v := range o.Args {
+		args[k] = &v
+	}
+	resp, err := im.Engine.ImageBuild(ctx, ctxTar, build.ImageBuildOptions{
+		Version:     build.BuilderBuildKit,
+		Tags:        o.Tags,
+		Dockerfile:  filepath.ToSlash(o.Dockerfile),
+		BuildArgs:   args,
+		Labels:      o.Labels,
+		Remove:      true,
+		ForceRemove: true,
+	})
+	if err != nil {
+		return "", executor.Systemf("start build: %w", err)
+	}
+	defer resp.Body.Close()
+	return im.readBuild(resp.Body)
+}
+
+// checkInside refuses a Dockerfile path that leaves the context.
+func checkInside(dir, rel string) error {
+	if filepath.IsAbs(rel) || strings.HasPrefix(filepath.Clean(rel), "..") {
+		return executor.Buildf("dockerfile %q must be a path inside the build context %s", rel, dir)
+	}
+	return nil
+}
+
+// buildMessage is one JSON message of the build stream, classic or BuildKit.
+type buildMessage struct {
+	ID          string          `json:"id"`
+	Stream      string          `json:"stream"`
+	Aux         json.RawMessage `json:"aux"`
+	Error       string          `json:"error"`
+	ErrorDetail struct {
+		Message string `json:"message"`
+	} `json:"errorDetail"`
+}
+
+func (im *Images) readBuild(r io.Reader) (string, error) {
+	dec := json.NewDecoder(r)
+	var imageID, lastStep, failedStep string
+	printed := map[string]bool{}
+	for {
+		var m buildMessage
+		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return "", executor.Systemf("read build output: %w", err)
+		}
+		switch {
+		case m.Error != "":
+			step := failedStep
+			if step == "" {
+				step = lastStep
+			}
+			if step != "" {
+				return "", executor.Buildf("build failed at step %q: %s", step, m.Error)
+			}
+			return "", executor.Buildf("build failed: %s", m.Error)
+		case m.ID == "moby.buildkit.trace":
+			vs, err := decodeTrace(m.Aux)
+			if err != nil {
+				continue // progress only; the build's own result still counts
+			}
+			for _, v := range vs {
+				if v.err != "" {
+					failedStep = v.name
+				}
+				if v.completed && v.err == "" && !printed[v.name] && !strings.HasPrefix(v.name, "[internal]") && v.name != "copy /context /" {
+					printed[v.name] = true
+					cached := ""
+					if v.cached {
+						cached = " (cached)"
+					}
+					fmt.Fprintf(im.Out, "berth:   %s%s\n", v.name, cached)
+				}
+			}
+		case len(m.Aux) > 0:
+			var aux struct{ ID string }
+			if json.Unmarshal(m.Aux, &aux) == nil && aux.ID != "" {
+				imageID = aux.ID
+			}
+		case strings.HasPrefix(m.Stream, "Step "):
+			lastStep = strings.TrimSpace(m.Stream)
+			fmt.Fprintf(im.Out, "berth:   %s\n", lastStep)
+		}
+	}
+	if imageID == "" {
+		return "", executor.Systemf("build ended without an image id")
+	}
+	return imageID, nil
+}
+
+// Push pushes ref and returns its digest. Transient registry errors are
+// retried with backoff; a registry that refuses the credentials is not.
+func (im *Images) Push(ctx context.Context, ref string) (string, error) {
+	auth, source, err := im.Creds.Encoded(ref)
+	if err != nil {
+		return "", err
+	}
+	var last error
+	for attempt := 0; attempt <= im.Retries; attempt++ {
+		if attempt > 0 {
+			wait := time.Duration(1<<(attempt-1)) * 500 * time.Millisecond
+			fmt.Fprintf(im.Out, "berth:   push failed (%v), retry %d/%d in %s\n", last, attempt, im.Retries, wait)
+			im.Sleep(wait)
+		}
+		var digest string
+		digest, last = im.pushOnce(ctx, ref, auth)
+		if last == nil {
+			return digest, nil
+		}
+		if !transient(last) || ctx.Err() != nil {
+			break
+		}
+	}
+	return "", executor.Buildf("push %s failed (credentials: %s): %v: check that the registry is up and the credentials may push there", ref, source, last)
+}
+
+func (im *Images) pushOnce(ctx context.Context, ref, auth string) (string, error) {
+	rc, err := im.Engine.ImagePush(ctx, ref, image.PushOptions{RegistryAuth: auth})
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	dec := json.NewDecoder(rc)
+	digest := ""
+	for {
+		var m buildMessage
+		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return "", err
+		}
+		if m.Error != "" {
+			return "", errors.New(m.Error)
+		}
+		var aux struct{ Digest string }
+		if len(m.Aux) > 0 && json.Unmarshal(m.Aux, &aux) == nil && aux.Digest != "" {
+			digest = aux.Digest
+		}
+	}
+	if digest == "" {
+		return "", errors.New("the registry reported no digest")
+	}
+	return digest, nil
+}
+
+// transient says whether a registry error may go away on its own.
+func transient(err error) bool {
+	s := strings.ToLower(err.Error())
+	for _, permanent := range []string{"unauthorized", "denied", "authentication required", "forbidden", "not found", "invalid reference"} {
+		if strings.Contains(s, permanent) {
+			return false
+		}
+	}
+	return true
+}
+
+// SortedArgs renders build args for the job log.
+func SortedArgs(args map[string]string) string {
+	keys := make([]string, 0, len(args))
+	for k := range args {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, " %s=%s", k, args[k])
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// registryAuthHeader encodes credentials for the engine; empty ones too,
+// since the engine wants the header on every push.
+func registryAuthHeader(a registry.AuthConfig) (string, error) {
+	return registry.EncodeAuthConfig(a)
+}

@@ -1,0 +1,79 @@
+package stages
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/client"
+	"github.com/stretchr/testify/require"
+)
+
+// Helpers for tests against the rig's engine and registry (.ci/rig.sh up).
+
+const testRegistry = "127.0.0.1:5000"
+
+// realEngine skips without an engine, or fails under BERTH_REQUIRE_RIG=1.
+func realEngine(t *testing.T) *client.Client {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: no engine tests")
+	}
+	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_, err = c.Ping(ctx)
+	}
+	if err == nil {
+		var resp *http.Response
+		if resp, err = http.Get("http://" + testRegistry + "/v2/"); err == nil {
+			resp.Body.Close()
+		}
+	}
+	if err != nil {
+		if os.Getenv("BERTH_REQUIRE_RIG") == "1" {
+			t.Fatalf("engine and registry required: %v", err)
+		}
+		t.Skipf("no engine or registry (run .ci/rig.sh up): %v", err)
+	}
+	return c
+}
+
+// unique is a name no other test run uses.
+func unique(prefix string) string {
+	return fmt.Sprintf("%s%d", prefix, time.Now().UnixNano()%1e10)
+}
+
+// sourceDir writes a build context.
+func sourceDir(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
+		require.NoError(t, os.WriteFile(p, []byte(body), 0o644))
+	}
+	return dir
+}
+
+// registryDigest asks the registry for a tag's manifest digest.
+func registryDigest(t *testing.T, repo, tag string) (string, int) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodHead, fmt.Sprintf("http://%s/v2/%s/manifests/%s", testRegistry, repo, tag), nil)
+	req.Header.Set("Accept", "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	return resp.Header.Get("Docker-Content-Digest"), resp.StatusCode
+}
+
+func testImages(c *client.Client) (*Images, *bytes.Buffer) {
+	var out bytes.Buffer
+	return &Images{Engine: c, Creds: &Credentials{}, Out: &out, Retries: 2, Sleep: func(time.Duration) {}}, &out
+}
