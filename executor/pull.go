@@ -64,7 +64,7 @@ func (e *Executor) pull(ctx context.Context, ref string) error {
 	defer cancel()
 	rc, err := e.Engine.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: auth})
 	if err == nil {
-		err = readPullStream(rc)
+		err = ReadProgress(rc)
 		rc.Close()
 	}
 	if err == nil {
@@ -77,9 +77,9 @@ func (e *Executor) pull(ctx context.Context, ref string) error {
 	return Systemf("pull image %s: %s", ref, msg)
 }
 
-// readPullStream reads the engine's progress messages to the end: a failed
+// ReadProgress reads the engine's progress messages to the end: a failed
 // pull reports its error in the stream, not in the HTTP status.
-func readPullStream(r io.Reader) error {
+func ReadProgress(r io.Reader) error {
 	dec := json.NewDecoder(r)
 	for {
 		var m struct {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/client"
+	"github.com/docker/go-connections/nat"
 	"github.com/stretchr/testify/require"
 )
 
@@ -76,4 +77,10 @@ func registryDigest(t *testing.T, repo, tag string) (string, int) {
 func testImages(c *client.Client) (*Images, *bytes.Buffer) {
 	var out bytes.Buffer
 	return &Images{Engine: c, Creds: &Credentials{}, Out: &out, Retries: 2, Sleep: func(time.Duration) {}}, &out
+}
+
+type natPort = nat.Port
+
+func portMap(ip, hostPort string, p nat.Port) nat.PortMap {
+	return nat.PortMap{p: []nat.PortBinding{{HostIP: ip, HostPort: hostPort}}}
 }

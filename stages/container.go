@@ -1,0 +1,580 @@
+package stages
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/errdefs"
+	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/docker/go-connections/nat"
+
+	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/settings"
+)
+
+// Labels on every container of a `container` environment: the history and
+// the rollback target live here, on the target host.
+const (
+	LabelEnv      = "berth.env"
+	LabelRef      = "berth.ref"
+	LabelTag      = "berth.tag"
+	LabelDigest   = "berth.digest"
+	LabelImage    = "berth.image"
+	LabelPipeline = "berth.pipeline"
+	LabelJob      = "berth.job.deployed"
+	LabelBy       = "berth.by"
+	LabelDeployed = "berth.deployed"
+	LabelPrevious = "berth.previous"
+)
+
+// ContainerEngine is what the container driver needs from the target engine.
+type ContainerEngine interface {
+	LockEngine
+	ContainerStart(ctx context.Context, id string, opts container.StartOptions) error
+	ContainerStop(ctx context.Context, id string, opts container.StopOptions) error
+	ContainerRename(ctx context.Context, id, newName string) error
+	ContainerList(ctx context.Context, opts container.ListOptions) ([]container.Summary, error)
+	ContainerLogs(ctx context.Context, id string, opts container.LogsOptions) (io.ReadCloser, error)
+	ContainerExecCreate(ctx context.Context, id string, opts container.ExecOptions) (container.ExecCreateResponse, error)
+	ContainerExecAttach(ctx context.Context, id string, opts container.ExecAttachOptions) (types.HijackedResponse, error)
+	ContainerExecInspect(ctx context.Context, id string) (container.ExecInspect, error)
+	ImageInspect(ctx context.Context, ref string, opts ...client.ImageInspectOption) (image.InspectResponse, error)
+	ImagePull(ctx context.Context, ref string, opts image.PullOptions) (io.ReadCloser, error)
+}
+
+// ContainerDriver runs an environment as one named container on a Docker
+// host, replaced by a health-gated switch with the old one kept for rollback.
+type ContainerDriver struct {
+	Env    string
+	Spec   settings.ContainerSpec
+	Engine ContainerEngine
+	Creds  *Credentials
+	Out    io.Writer
+}
+
+var _ Driver = (*ContainerDriver)(nil)
+
+func (d *ContainerDriver) Lock(ctx context.Context, h Holder, timeout time.Duration) (func(), error) {
+	return engineLock(ctx, d.Engine, d.Out, d.Env, h, timeout)
+}
+
+// Deploy: pull by digest, create the new container while the old one still
+// serves, stop the old one, start the new one, wait for health. On failure
+// the new one is stopped and kept as failed, and the old one serves again.
+func (d *ContainerDriver) Deploy(ctx context.Context, r Release) error {
+	if err := d.pull(ctx, r.Image); err != nil {
+		return err
+	}
+	name := d.Spec.Name
+	old, hasOld, err := d.inspect(ctx, name)
+	if err != nil {
+		return err
+	}
+	cfg, host, netCfg, err := d.render(r, old, hasOld)
+	if err != nil {
+		return err
+	}
+	tmp := fmt.Sprintf("%s-new-%d", name, r.Job)
+	_ = d.Engine.ContainerRemove(ctx, tmp, container.RemoveOptions{Force: true}) // a crashed attempt's leftover
+	created, err := d.Engine.ContainerCreate(ctx, cfg, host, netCfg, nil, tmp)
+	if err != nil {
+		return executor.Buildf("create the new %s container: %v: check [environments.%s.container] in berth.toml", name, err, d.Env)
+	}
+	if hasOld {
+		if old.State.Running {
+			if err := d.stop(ctx, old.ID); err != nil {
+				_ = d.Engine.ContainerRemove(ctx, created.ID, container.RemoveOptions{Force: true})
+				return err
+			}
+		}
+		if err := d.Engine.ContainerRename(ctx, old.ID, keptName(name, old.ID, "")); err != nil {
+			_ = d.Engine.ContainerStart(ctx, old.ID, container.StartOptions{})
+			_ = d.Engine.ContainerRemove(ctx, created.ID, container.RemoveOptions{Force: true})
+			return executor.Systemf("rename the old %s container: %w", name, err)
+		}
+	}
+	if err := d.Engine.ContainerRename(ctx, created.ID, name); err != nil {
+		d.restore(ctx, created.ID, old, hasOld, "")
+		return executor.Systemf("rename the new container to %s: %w", name, err)
+	}
+	t := time.Now()
+	herr := d.Engine.ContainerStart(ctx, created.ID, container.StartOptions{})
+	if herr == nil {
+		herr = d.waitHealthy(ctx, created.ID)
+	}
+	if herr != nil {
+		logs := d.lastLogs(ctx, created.ID, 10)
+		d.restore(ctx, created.ID, old, hasOld, "failed")
+		back := "nothing ran before, so nothing serves now"
+		if hasOld {
+			back = "the previous container serves again"
+		}
+		return executor.Buildf("the new %s (%s) did not become healthy: %v; %s.%s", name, r.Tag, herr, back, logs)
+	}
+	fmt.Fprintf(d.Out, "berth: %s serves %s (healthy after %s)\n", name, r.Image, time.Since(t).Round(time.Millisecond))
+	return d.prune(ctx)
+}
+
+// restore stops the failed new container, keeps it under another name,
+// and starts the old one again.
+func (d *ContainerDriver) restore(ctx context.Context, newID string, old container.InspectResponse, hasOld bool, why string) {
+	ctx = context.WithoutCancel(ctx)
+	_ = d.stop(ctx, newID)
+	_ = d.Engine.ContainerRename(ctx, newID, keptName(d.Spec.Name, newID, why))
+	if !hasOld {
+		return
+	}
+	if err := d.Engine.ContainerRename(ctx, old.ID, d.Spec.Name); err != nil {
+		fmt.Fprintf(d.Out, "berth: warning: rename the previous container back to %s: %v\n", d.Spec.Name, err)
+	}
+	if old.State.Running {
+		if err := d.Engine.ContainerStart(ctx, old.ID, container.StartOptions{}); err != nil {
+			fmt.Fprintf(d.Out, "berth: warning: restart the previous %s: %v\n", d.Spec.Name, err)
+		}
+	}
+}
+
+// keptName names a container that no longer serves: NAME-ID12 for replaced
+// ones, NAME-ID12-failed, NAME-ID12-rb-USER for rolled-back ones.
+func keptName(name, id, why string) string {
+	n := name + "-" + id[:12]
+	if why != "" {
+		n += "-" + why
+	}
+	return n
+}
+
+func (d *ContainerDriver) inspect(ctx context.Context, name string) (container.InspectResponse, bool, error) {
+	c, err := d.Engine.ContainerInspect(ctx, name)
+	if errdefs.IsNotFound(err) {
+		return c, false, nil
+	}
+	if err != nil {
+		return c, false, executor.Systemf("inspect container %s: %w", name, err)
+	}
+	return c, true, nil
+}
+
+func (d *ContainerDriver) stop(ctx context.Context, id string) error {
+	secs := int(d.Spec.StopTimeout.D().Seconds())
+	if err := d.Engine.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs}); err != nil && !errdefs.IsNotFound(err) {
+		return executor.Systemf("stop container %s: %w", id[:12], err)
+	}
+	return nil
+}
+
+func (d *ContainerDriver) pull(ctx context.Context, ref string) error {
+	if _, err := d.Engine.ImageInspect(ctx, ref); err == nil {
+		return nil
+	}
+	auth, _, err := d.Creds.Encoded(ref)
+	if err != nil {
+		return err
+	}
+	rc, err := d.Engine.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: auth})
+	if err == nil {
+		err = drain(rc)
+	}
+	if err != nil {
+		return executor.Buildf("pull %s on the target: %v", ref, err)
+	}
+	return nil
+}
+
+// drain reads a progress stream to its end and returns its error message.
+func drain(rc io.ReadCloser) error {
+	defer rc.Close()
+	return executor.ReadProgress(rc)
+}
+
+// render builds the new container from the TOML spec. A container that
+// someone started by hand is adopted: its ports, env and volumes carry over
+// where the spec says nothing.
+func (d *ContainerDriver) render(r Release, old container.InspectResponse, hasOld bool) (*container.Config, *container.HostConfig, *network.NetworkingConfig, error) {
+	s := d.Spec
+	env := append([]string(nil), s.Env...)
+	if s.EnvFile != "" {
+		fileEnv, err := readEnvFile(s.EnvFile)
+		if err != nil {
+			return nil, nil, nil, executor.Systemf("environments.%s.container.env_file: %w", d.Env, err)
+		}
+		env = append(fileEnv, env...)
+	}
+	labels := map[string]string{}
+	for k, v := range s.Labels {
+		labels[k] = v
+	}
+	for k, v := range map[string]string{
+		LabelEnv: d.Env, LabelRef: r.Ref, LabelTag: r.Tag, LabelDigest: r.Digest, LabelImage: r.Image,
+		LabelPipeline: strconv.FormatInt(r.Pipeline, 10), LabelJob: strconv.FormatInt(r.Job, 10),
+		LabelBy: r.By, LabelDeployed: time.Now().UTC().Format(time.RFC3339),
+	} {
+		labels[k] = v
+	}
+	if hasOld {
+		labels[LabelPrevious] = old.ID[:12]
+	}
+	exposed, bindings, err := nat.ParsePortSpecs(s.Ports)
+	if err != nil {
+		return nil, nil, nil, executor.Systemf("environments.%s.container.ports: %w", d.Env, err)
+	}
+	var mounts []mount.Mount
+	for _, v := range s.Volumes {
+		m, err := parseMount(v)
+		if err != nil {
+			return nil, nil, nil, executor.Systemf("environments.%s.container.volumes: %w", d.Env, err)
+		}
+		mounts = append(mounts, m)
+	}
+	cfg := &container.Config{Image: r.Image, Env: env, Labels: labels, ExposedPorts: exposed}
+	host := &container.HostConfig{PortBindings: bindings, Mounts: mounts, RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(s.Restart)}}
+	if hasOld && len(old.Config.Labels[LabelEnv]) == 0 && old.HostConfig != nil { // adopting a hand-made container
+		if len(s.Ports) == 0 {
+			cfg.ExposedPorts, host.PortBindings = old.Config.ExposedPorts, old.HostConfig.PortBindings
+		}
+		if len(s.Volumes) == 0 {
+			host.Binds, host.Mounts = old.HostConfig.Binds, old.HostConfig.Mounts
+		}
+		if len(env) == 0 {
+			cfg.Env = userEnv(old)
+		}
+	}
+	netCfg := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{}}
+	for i, n := range s.Networks {
+		if i == 0 {
+			host.NetworkMode = container.NetworkMode(n)
+		}
+		netCfg.EndpointsConfig[n] = &network.EndpointSettings{}
+	}
+	return cfg, host, netCfg, nil
+}
+
+// userEnv is a hand-made container's env without its image's defaults
+// (inspect merges both).
+func userEnv(c container.InspectResponse) []string {
+	// without the image config at hand, drop the usual image defaults
+	var out []string
+	for _, e := range c.Config.Env {
+		if !strings.HasPrefix(e, "PATH=") {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func parseMount(v string) (mount.Mount, error) {
+	parts := strings.Split(v, ":")
+	if len(parts) < 2 || len(parts) > 3 || (len(parts) == 3 && parts[2] != "ro" && parts[2] != "rw") {
+		return mount.Mount{}, fmt.Errorf("%q: use SOURCE:TARGET or SOURCE:TARGET:ro", v)
+	}
+	m := mount.Mount{Type: mount.TypeVolume, Source: parts[0], Target: parts[1], ReadOnly: len(parts) == 3 && parts[2] == "ro"}
+	if strings.HasPrefix(parts[0], "/") {
+		m.Type = mount.TypeBind
+	}
+	return m, nil
+}
+
+func readEnvFile(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var env []string
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		l := strings.TrimSpace(sc.Text())
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		if !strings.Contains(l, "=") {
+			return nil, fmt.Errorf("%s:%d: not KEY=VALUE", path, n)
+		}
+		env = append(env, l)
+	}
+	return env, sc.Err()
+}
+
+// waitHealthy waits for the health URL to answer 2xx, or the health command
+// to exit 0; without either, for the container to stay up a moment.
+func (d *ContainerDriver) waitHealthy(ctx context.Context, id string) error {
+	s := d.Spec
+	deadline := time.Now().Add(s.HealthTimeout.D())
+	var last error
+	for {
+		ins, err := d.Engine.ContainerInspect(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !ins.State.Running {
+			return fmt.Errorf("it exited with code %d", ins.State.ExitCode)
+		}
+		switch {
+		case s.HealthURL != "":
+			last = httpHealthy(ctx, s.HealthURL)
+		case len(s.HealthCmd) > 0:
+			last = d.execHealthy(ctx, id)
+		default:
+			if time.Until(deadline) < s.HealthTimeout.D()-time.Second {
+				return nil // up for a second, no check configured
+			}
+			last = fmt.Errorf("still starting")
+		}
+		if last == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("health check failed for %s: %v", s.HealthTimeout.D(), last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func httpHealthy(ctx context.Context, url string) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("%s answered %s", url, resp.Status)
+	}
+	return nil
+}
+
+func (d *ContainerDriver) execHealthy(ctx context.Context, id string) error {
+	ex, err := d.Engine.ContainerExecCreate(ctx, id, container.ExecOptions{Cmd: d.Spec.HealthCmd, AttachStdout: true, AttachStderr: true})
+	if err != nil {
+		return err
+	}
+	hj, err := d.Engine.ContainerExecAttach(ctx, ex.ID, container.ExecAttachOptions{})
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, hj.Reader)
+	hj.Close()
+	ins, err := d.Engine.ContainerExecInspect(ctx, ex.ID)
+	if err != nil {
+		return err
+	}
+	if ins.ExitCode != 0 {
+		return fmt.Errorf("%v exited with %d", d.Spec.HealthCmd, ins.ExitCode)
+	}
+	return nil
+}
+
+// lastLogs is the tail of a container's output, for the job log.
+func (d *ContainerDriver) lastLogs(ctx context.Context, id string, n int) string {
+	rc, err := d.Engine.ContainerLogs(context.WithoutCancel(ctx), id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: strconv.Itoa(n)})
+	if err != nil {
+		return ""
+	}
+	defer rc.Close()
+	var b strings.Builder
+	_, _ = stdcopy.StdCopy(&b, &b, rc)
+	if strings.TrimSpace(b.String()) == "" {
+		return ""
+	}
+	return "\nIts last log lines:\n" + strings.TrimRight(b.String(), "\n")
+}
+
+// kept lists the environment's containers that do not serve, newest first.
+func (d *ContainerDriver) kept(ctx context.Context) ([]container.Summary, error) {
+	// ours carry the env label; an adopted hand-made one only its kept name
+	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", "^/"+d.Spec.Name+"-"))})
+	if err != nil {
+		return nil, executor.Systemf("list containers of %s: %w", d.Env, err)
+	}
+	keptRe := regexp.MustCompile("^" + regexp.QuoteMeta(d.Spec.Name) + "-[0-9a-f]{12}(-.+)?$")
+	var out []container.Summary
+	for _, c := range list {
+		env, labelled := c.Labels[LabelEnv]
+		if (env == d.Env || !labelled) && keptRe.MatchString(containerName(c)) {
+			out = append(out, c)
+		}
+	}
+	sort.Slice(out, func(i, k int) bool { return out[i].Created > out[k].Created })
+	return out, nil
+}
+
+// prune keeps the newest Keep previous containers, stopped, and removes
+// the rest.
+func (d *ContainerDriver) prune(ctx context.Context) error {
+	kept, err := d.kept(ctx)
+	if err != nil {
+		return err
+	}
+	for i, c := range kept {
+		if i < d.Spec.Keep {
+			continue
+		}
+		if err := d.Engine.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
+			return executor.Systemf("remove old container %s: %w", containerName(c), err)
+		}
+	}
+	return nil
+}
+
+func containerName(c container.Summary) string {
+	if len(c.Names) == 0 {
+		return c.ID[:12]
+	}
+	return strings.TrimPrefix(c.Names[0], "/")
+}
+
+// Rollback stops the serving container and starts a kept one: the newest
+// one that did not fail, or the one whose tag or digest is to.
+func (d *ContainerDriver) Rollback(ctx context.Context, to, by string) (Record, error) {
+	kept, err := d.kept(ctx)
+	if err != nil {
+		return Record{}, err
+	}
+	var target *container.Summary
+	for i, c := range kept {
+		if strings.HasSuffix(containerName(c), "-failed") {
+			continue
+		}
+		l := c.Labels
+		if to == "" || l[LabelTag] == to || l[LabelDigest] == to || strings.HasSuffix(l[LabelImage], "@"+to) {
+			target = &kept[i]
+			break
+		}
+	}
+	if target == nil {
+		what := "a previous version"
+		if to != "" {
+			what = to
+		}
+		return Record{}, executor.Buildf("no kept container of %s holds %s (berth history %s lists them): deploy it instead", d.Env, what, d.Env)
+	}
+	cur, hasCur, err := d.inspect(ctx, d.Spec.Name)
+	if err != nil {
+		return Record{}, err
+	}
+	if hasCur {
+		if err := d.stop(ctx, cur.ID); err != nil {
+			return Record{}, err
+		}
+		if err := d.Engine.ContainerRename(ctx, cur.ID, keptName(d.Spec.Name, cur.ID, "rb-"+sanitize(by))); err != nil {
+			_ = d.Engine.ContainerStart(ctx, cur.ID, container.StartOptions{})
+			return Record{}, executor.Systemf("rename %s: %w", d.Spec.Name, err)
+		}
+	}
+	rollbackFailed := func(err error) (Record, error) {
+		if hasCur {
+			_ = d.stop(ctx, target.ID)
+			_ = d.Engine.ContainerRename(ctx, target.ID, containerName(*target))
+			_ = d.Engine.ContainerRename(ctx, cur.ID, d.Spec.Name)
+			_ = d.Engine.ContainerStart(ctx, cur.ID, container.StartOptions{})
+		}
+		return Record{}, executor.Buildf("roll %s back to %s: %v; the current version serves again", d.Env, containerName(*target), err)
+	}
+	if err := d.Engine.ContainerRename(ctx, target.ID, d.Spec.Name); err != nil {
+		return rollbackFailed(err)
+	}
+	if err := d.Engine.ContainerStart(ctx, target.ID, container.StartOptions{}); err != nil {
+		return rollbackFailed(err)
+	}
+	if err := d.waitHealthy(ctx, target.ID); err != nil {
+		return rollbackFailed(err)
+	}
+	return recordOf(*target, "serving"), nil
+}
+
+// sanitize makes a user name fit a container name.
+func sanitize(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '.' || r == '-' {
+			return r
+		}
+		return '_'
+	}, s)
+}
+
+// History reads the environment's containers: the serving one and the kept.
+func (d *ContainerDriver) History(ctx context.Context) ([]Record, error) {
+	kept, err := d.kept(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var recs []Record
+	cur, hasCur, err := d.inspect(ctx, d.Spec.Name)
+	if err != nil {
+		return nil, err
+	}
+	if hasCur {
+		s := container.Summary{ID: cur.ID, Names: []string{cur.Name}, Labels: cur.Config.Labels, Image: cur.Config.Image}
+		if t, err := time.Parse(time.RFC3339Nano, cur.Created); err == nil {
+			s.Created = t.Unix()
+		}
+		result := "serving"
+		if !cur.State.Running {
+			result = "stopped"
+		}
+		recs = append(recs, recordOf(s, result))
+	}
+	for _, c := range kept {
+		recs = append(recs, recordOf(c, ""))
+	}
+	sort.SliceStable(recs, func(i, k int) bool { return recs[i].Time.After(recs[k].Time) })
+	return recs, nil
+}
+
+func recordOf(c container.Summary, result string) Record {
+	l := c.Labels
+	r := Record{Ref: l[LabelRef], Tag: l[LabelTag], Digest: l[LabelDigest], By: l[LabelBy], ID: containerName(c), Result: result}
+	r.Pipeline, _ = strconv.ParseInt(l[LabelPipeline], 10, 64)
+	r.Job, _ = strconv.ParseInt(l[LabelJob], 10, 64)
+	if t, err := time.Parse(time.RFC3339, l[LabelDeployed]); err == nil {
+		r.Time = t
+	} else {
+		r.Time = time.Unix(c.Created, 0).UTC()
+	}
+	if l[LabelEnv] == "" {
+		r.Tag, r.Result = c.Image, "adopted (started by hand)"
+		if result == "serving" {
+			r.Result = "serving (started by hand)"
+		}
+	}
+	if r.Result == "" {
+		name := r.ID
+		switch {
+		case strings.HasSuffix(name, "-failed"):
+			r.Result = "failed, previous restored"
+		case strings.Contains(name, "-rb-"):
+			r.Result = "rolled back by " + name[strings.Index(name, "-rb-")+4:]
+		default:
+			r.Result = "replaced"
+		}
+	}
+	return r
+}

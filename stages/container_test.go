@@ -1,0 +1,232 @@
+package stages
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/settings"
+)
+
+// appImage builds web:local with a version and health of its own and
+// pushes it; it returns the release to deploy.
+func appImage(t *testing.T, c *client.Client, repo, tag, version string, healthy bool) Release {
+	t.Helper()
+	ctx := context.Background()
+	im, _ := testImages(c)
+	df := fmt.Sprintf("FROM web:local\nENV APP_VERSION=%s APP_HEALTHY=%t\n", version, healthy)
+	ref := repo + ":" + tag
+	_, err := im.Build(ctx, BuildOptions{Dir: sourceDir(t, map[string]string{"Dockerfile": df}), Dockerfile: "Dockerfile", Tags: []string{ref}})
+	require.NoError(t, err)
+	digest, err := im.Push(ctx, ref)
+	require.NoError(t, err)
+	return Release{Env: "web", Image: repo + "@" + digest, Digest: digest, Tag: tag, Ref: "master", Pipeline: 1, Job: time.Now().UnixNano() % 1e6, By: "tester"}
+}
+
+func testDriver(t *testing.T, c *client.Client, port int) (*ContainerDriver, *bytes.Buffer) {
+	name := unique("berth-test-web-")
+	var out bytes.Buffer
+	spec := settings.ContainerSpec{
+		Name: name, Ports: []string{fmt.Sprintf("127.0.0.1:%d:5000", port)}, Env: []string{"EXTRA=1"},
+		Volumes: []string{name + "-data:/data"}, HealthURL: fmt.Sprintf("http://127.0.0.1:%d/health", port),
+		HealthTimeout: settings.Duration(5 * time.Second), StopTimeout: settings.Duration(2 * time.Second), Keep: 2,
+	}
+	d := &ContainerDriver{Env: name, Spec: spec, Engine: c, Creds: &Credentials{}, Out: &out}
+	t.Cleanup(func() { removeEnv(c, d) })
+	return d, &out
+}
+
+func removeEnv(c *client.Client, d *ContainerDriver) {
+	ctx := context.Background()
+	list, _ := c.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", d.Spec.Name))})
+	for _, x := range list {
+		_ = c.ContainerRemove(ctx, x.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
+	}
+	_ = c.ContainerRemove(ctx, LockName(d.Env), container.RemoveOptions{Force: true})
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return strings.TrimSpace(string(b))
+}
+
+func TestContainerReplacementKeepsSpecAndServesNewVersion(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("web")
+	d, _ := testDriver(t, c, 6000)
+
+	v1 := appImage(t, c, repo, "latest", "v1", true)
+	require.NoError(t, d.Deploy(ctx, v1), "first deploy where nothing runs")
+	assert.Equal(t, "app v1", get(t, "http://127.0.0.1:6000/"))
+
+	v2 := appImage(t, c, repo, "latest", "v2", true)
+	require.NoError(t, d.Deploy(ctx, v2))
+	assert.Equal(t, "app v2", get(t, "http://127.0.0.1:6000/"))
+
+	cur, err := c.ContainerInspect(ctx, d.Spec.Name)
+	require.NoError(t, err)
+	assert.Contains(t, cur.Config.Env, "EXTRA=1", "env kept")
+	require.Len(t, cur.Mounts, 1)
+	assert.Equal(t, "/data", cur.Mounts[0].Destination, "volume kept")
+	assert.Equal(t, "127.0.0.1", cur.HostConfig.PortBindings["5000/tcp"][0].HostIP, "ports kept")
+	l := cur.Config.Labels
+	assert.Equal(t, v2.Digest, l[LabelDigest])
+	assert.Equal(t, "master", l[LabelRef])
+	assert.Equal(t, "1", l[LabelPipeline])
+	assert.NotEmpty(t, l[LabelPrevious])
+	assert.Equal(t, v2.Image, cur.Config.Image, "runs by digest")
+
+	hist, err := d.History(ctx)
+	require.NoError(t, err)
+	require.Len(t, hist, 2)
+	assert.Equal(t, "serving", hist[0].Result)
+	assert.Equal(t, "replaced", hist[1].Result)
+
+	// three more deploys: only keep=2 previous containers stay
+	for i := 3; i <= 5; i++ {
+		require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", fmt.Sprintf("v%d", i), true)))
+	}
+	kept, err := d.kept(ctx)
+	require.NoError(t, err)
+	assert.Len(t, kept, 2)
+	for _, k := range kept {
+		ins, err := c.ContainerInspect(ctx, k.ID)
+		require.NoError(t, err)
+		assert.False(t, ins.State.Running, "kept containers are stopped")
+	}
+
+	// rollback restarts the previous one, in seconds
+	t0 := time.Now()
+	rec, err := d.Rollback(ctx, "", "alice")
+	require.NoError(t, err)
+	assert.Less(t, time.Since(t0), 10*time.Second)
+	assert.Equal(t, "app v4", get(t, "http://127.0.0.1:6000/"))
+	assert.Equal(t, "serving", rec.Result)
+	hist, err = d.History(ctx)
+	require.NoError(t, err)
+	assert.Contains(t, fmt.Sprint(hist), "rolled back by alice")
+
+	// and --to a digest
+	_, err = d.Rollback(ctx, hist[len(hist)-1].Digest, "bob")
+	if err == nil {
+		assert.NotEqual(t, "app v4", get(t, "http://127.0.0.1:6000/"))
+	}
+	_, err = d.Rollback(ctx, "sha256:nothing-like-this", "bob")
+	assert.ErrorContains(t, err, "no kept container")
+}
+
+func TestUnhealthyDeployRestoresTheOldVersion(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("web")
+	d, _ := testDriver(t, c, 16001)
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "good", true)))
+
+	err := d.Deploy(ctx, appImage(t, c, repo, "latest", "bad", false))
+	require.Error(t, err)
+	assert.Equal(t, executor.BuildFailure, executor.ClassOf(err))
+	assert.Contains(t, err.Error(), "did not become healthy")
+	assert.Contains(t, err.Error(), "previous container serves again")
+	assert.Equal(t, "app good", get(t, "http://127.0.0.1:16001/"))
+	hist, err := d.History(ctx)
+	require.NoError(t, err)
+	assert.Contains(t, fmt.Sprint(hist), "failed, previous restored")
+}
+
+func TestAdoptsAContainerStartedByHand(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("web")
+	d, _ := testDriver(t, c, 16002)
+	d.Spec.Ports = nil // the hand-made container's ports carry over
+	// docker run -d -p 127.0.0.1:16002:5000 --name web web:local
+	cfg := &container.Config{Image: "web:local", Env: []string{"APP_VERSION=byhand"}, ExposedPorts: map[natPort]struct{}{"5000/tcp": {}}}
+	host := &container.HostConfig{PortBindings: portMap("127.0.0.1", "16002", "5000/tcp")}
+	created, err := c.ContainerCreate(ctx, cfg, host, nil, nil, d.Spec.Name)
+	require.NoError(t, err)
+	require.NoError(t, c.ContainerStart(ctx, created.ID, container.StartOptions{}))
+	require.Eventually(t, func() bool { _, err := http.Get("http://127.0.0.1:16002/"); return err == nil }, 5*time.Second, 50*time.Millisecond)
+
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "managed", true)))
+	assert.Equal(t, "app managed", get(t, "http://127.0.0.1:16002/"))
+	hist, err := d.History(ctx)
+	require.NoError(t, err)
+	assert.Contains(t, fmt.Sprint(hist), "adopted")
+}
+
+func TestConcurrentDeploysRunOneAfterTheOther(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("web")
+	d, out := testDriver(t, c, 16003)
+	a := appImage(t, c, repo, "a", "a", true)
+	b := appImage(t, c, repo, "b", "b", true)
+	var mu sync.Mutex
+	var spans [][2]time.Time
+	var wg sync.WaitGroup
+	for i, rel := range []Release{a, b} {
+		wg.Add(1)
+		go func(i int, rel Release) {
+			defer wg.Done()
+			rel.Job = int64(1000 + i)
+			unlock, err := d.Lock(ctx, Holder{Job: rel.Job, Pipeline: 9, By: "t", Image: rel.Image, Deadline: time.Now().Add(time.Hour)}, time.Minute)
+			if !assert.NoError(t, err) {
+				return
+			}
+			t0 := time.Now()
+			assert.NoError(t, d.Deploy(ctx, rel))
+			t1 := time.Now()
+			unlock()
+			mu.Lock()
+			spans = append(spans, [2]time.Time{t0, t1})
+			mu.Unlock()
+		}(i, rel)
+	}
+	wg.Wait()
+	require.Len(t, spans, 2)
+	first, second := spans[0], spans[1]
+	if second[0].Before(first[0]) {
+		first, second = second, first
+	}
+	assert.False(t, second[0].Before(first[1]), "the second deploy started only after the first ended")
+	assert.Contains(t, out.String(), "berth: waiting for "+d.Env+": job 100")
+	_, err := c.ContainerInspect(ctx, LockName(d.Env))
+	assert.Error(t, err, "no lock left behind")
+}
+
+func TestStaleLockIsTakenOver(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	d, out := testDriver(t, c, 16004)
+	unlockOld, err := d.Lock(ctx, Holder{Job: 1, Pipeline: 1, By: "crashed", Image: "busybox:local", Deadline: time.Now().Add(-time.Minute)}, time.Second)
+	require.NoError(t, err)
+	_ = unlockOld // the crashed job never unlocks
+	unlock, err := d.Lock(ctx, Holder{Job: 2, Pipeline: 2, By: "next", Image: "busybox:local", Deadline: time.Now().Add(time.Hour)}, 5*time.Second)
+	require.NoError(t, err)
+	unlock()
+	assert.Contains(t, out.String(), "taking over the lock")
+
+	unlockHeld, err := d.Lock(ctx, Holder{Job: 3, Pipeline: 3, By: "busy", Image: "busybox:local", Deadline: time.Now().Add(time.Hour)}, time.Second)
+	require.NoError(t, err)
+	defer unlockHeld()
+	_, err = d.Lock(ctx, Holder{Job: 4, Pipeline: 4, By: "late", Image: "busybox:local", Deadline: time.Now().Add(time.Hour)}, time.Second)
+	assert.ErrorContains(t, err, "still locked by job 3")
+}
