@@ -19,7 +19,8 @@ else
 	echo "test: WARNING: $skipped: the end-to-end tests will be SKIPPED" >&2
 fi
 
-go test -count=1 ./...
+# one package at a time: several share the engine and the ports 6000-6101
+go test -count=1 -p 1 ./...
 
 # The benchmarks once each, so they cannot rot; timings are for make bench.
 if [ -z "$skipped" ]; then

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/errdefs"
 )
@@ -18,6 +19,11 @@ import (
 func (e *Executor) Cleanup(ctx context.Context) error {
 	var errs []error
 	n, err := e.removeContainers(ctx, container.ListOptions{All: true, Filters: e.jobFilter()})
+	errs = append(errs, err)
+	// deploy locks this job still holds on this engine: a cancelled or
+	// crashed deploy never leaves one behind
+	locks := filters.NewArgs(filters.Arg("label", "berth.lock.job="+e.Job.IDString()))
+	_, err = e.removeContainers(ctx, container.ListOptions{All: true, Filters: locks})
 	errs = append(errs, err)
 	nets, err := e.Engine.NetworkList(ctx, network.ListOptions{Filters: e.jobFilter()})
 	if err != nil {

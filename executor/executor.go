@@ -52,8 +52,14 @@ type Executor struct {
 	// LocalEngine says the engine runs on this host, so container IPs are
 	// reachable for the service port wait.
 	LocalEngine bool
-	Now         func() time.Time
-	redactor    *Redactor
+	// Native, when set, performs the build_script stage in place of the
+	// job's script (a deploy or release stage).
+	Native func(ctx context.Context) error
+	// Check runs at the start of prepare and fails the job before anything
+	// is created (a ref that cannot be deployed, say).
+	Check    func() error
+	Now      func() time.Time
+	redactor *Redactor
 }
 
 // New builds an executor for one job; out is wrapped so that nothing berth

@@ -30,6 +30,11 @@ func (e *Executor) Prepare(ctx context.Context) error {
 	}
 	e.stepf("berth %s · job %d · ref %s (%s) · stage %s · image %s",
 		e.Version, e.Job.ID, e.Job.Ref, e.Job.RefType, e.Job.Stage, orNone(img))
+	if e.Check != nil {
+		if err := e.Check(); err != nil {
+			return err
+		}
+	}
 	if img == "" {
 		return Buildf("the job has no image: and berth.toml sets no job.default_image: add image: to the job in .gitlab-ci.yml")
 	}

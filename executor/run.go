@@ -28,7 +28,9 @@ func (e *Executor) Run(ctx context.Context, script, stage, exitCodeFile string) 
 		return Systemf("truncate BUILD_EXIT_CODE_FILE: %w", err)
 	}
 	var err error
-	if Route(stage) == InContainer {
+	if e.Native != nil && (stage == "build_script" || stage == "step_script") {
+		err = e.Native(ctx)
+	} else if Route(stage) == InContainer {
 		err = e.runInContainer(ctx, script, stage)
 	} else {
 		err = e.runOnHost(ctx, script, stage)

@@ -146,6 +146,11 @@ func (d *ContainerDriver) restore(ctx context.Context, newID string, old contain
 	if old.State.Running {
 		if err := d.Engine.ContainerStart(ctx, old.ID, container.StartOptions{}); err != nil {
 			fmt.Fprintf(d.Out, "berth: warning: restart the previous %s: %v\n", d.Spec.Name, err)
+			return
+		}
+		// the job ends only when the service is back
+		if err := d.waitHealthy(ctx, old.ID); err != nil {
+			fmt.Fprintf(d.Out, "berth: warning: the previous %s is not healthy either: %v\n", d.Spec.Name, err)
 		}
 	}
 }

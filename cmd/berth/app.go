@@ -61,6 +61,10 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 		return ex.Run(ctx, args[0], args[1], a.getenv("BUILD_EXIT_CODE_FILE"))
 	case "sweep":
 		return a.sweep(ctx, args)
+	case "history":
+		return a.history(ctx, args)
+	case "rollback":
+		return a.rollback(ctx, args)
 	default:
 		return executor.Systemf("unknown command %q (run berth --help)", cmd)
 	}
@@ -135,17 +139,13 @@ func (a *app) executor() (*executor.Executor, error) {
 	}
 	ex := executor.New(eng, a.settings, a.job, a.stdout, log, version)
 	ex.LocalEngine = local
-	return ex, nil
+	return ex, a.wireNative(ex, eng)
 }
 
 // engine is the Docker client for job containers: berth.toml's docker_host,
 // else DOCKER_HOST and friends, else the local socket.
 func (a *app) engine() (*client.Client, bool, error) {
-	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
-	if h := a.settings.DockerHost; h != "" {
-		opts = append(opts, client.WithHost(h))
-	}
-	c, err := client.NewClientWithOpts(opts...)
+	c, err := dockerClient(a.settings.DockerHost)
 	if err != nil {
 		return nil, false, executor.Systemf("docker client: %w (check docker_host in berth.toml or DOCKER_HOST)", err)
 	}

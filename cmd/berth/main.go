@@ -36,6 +36,9 @@ Operator commands:
   check                  validate berth.toml and print the effective settings
   sweep [--older-than D] [--project P] [--dry-run]
                          remove what crashed jobs left behind
+  history ENV            list an environment's deployments
+  rollback ENV [--to TAG|DIGEST]
+                         restore the previous version (or the given one)
   version                print berth's version
 
 The config file is --config, else $BERTH_CONFIG, else /etc/gitlab-runner/berth.toml,

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/docker/cli/cli/connhelper"
+	"github.com/docker/docker/client"
+
+	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/settings"
+	"github.com/berthci/berth/stages"
+)
+
+// dockerClient connects to host: "" is DOCKER_HOST or the local socket,
+// ssh://user@host goes through docker's own connection helper, tcp:// takes
+// TLS from DOCKER_CERT_PATH and DOCKER_TLS_VERIFY.
+func dockerClient(host string) (*client.Client, error) {
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if strings.HasPrefix(host, "ssh://") {
+		h, err := connhelper.GetConnectionHelper(host)
+		if err != nil {
+			return nil, fmt.Errorf("docker_host %s: %w", host, err)
+		}
+		opts = append(opts, client.WithHost(h.Host), client.WithDialContext(h.Dialer))
+	} else if host != "" {
+		opts = append(opts, client.WithHost(host))
+	}
+	c, err := client.NewClientWithOpts(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("docker_host %q: %w", host, err)
+	}
+	return c, nil
+}
+
+// credentials are the registry logins in the order of preference.
+func (a *app) credentials() *stages.Credentials {
+	c := &stages.Credentials{TOMLUser: a.settings.Registry.Username, TOMLPassword: a.settings.Registry.Password,
+		DockerConfig: stages.DockerConfigFile}
+	if img := a.settings.Registry.Image; img != "" {
+		c.TOMLHost, _, _ = strings.Cut(img, "/")
+	}
+	if a.job != nil {
+		c.JobRegistry, _ = a.job.Var("CI_REGISTRY")
+		c.JobUser, _ = a.job.Var("CI_REGISTRY_USER")
+		c.JobPassword, _ = a.job.Var("CI_REGISTRY_PASSWORD")
+	}
+	return c
+}
+
+// driverOpener opens environments' drivers, each on its own target engine.
+func (a *app) driverOpener(out io.Writer, creds *stages.Credentials) func(string) (stages.Driver, error) {
+	return func(name string) (stages.Driver, error) {
+		env, ok := a.settings.Environments[name]
+		if !ok {
+			return nil, executor.Systemf("no environment %q in berth.toml", name)
+		}
+		switch env.Driver {
+		case settings.DriverContainer:
+			host := env.DockerHost
+			if host == "" {
+				host = a.settings.DockerHost
+			}
+			eng, err := dockerClient(host)
+			if err != nil {
+				return nil, executor.Systemf("environment %s: %w", name, err)
+			}
+			return &stages.ContainerDriver{Env: name, Spec: env.Container, Engine: eng, Creds: creds, Out: out}, nil
+		default:
+			return nil, executor.Systemf("environment %s uses driver %s, which this berth does not have yet: deploy it with the container driver or a script for now", name, env.Driver)
+		}
+	}
+}
+
+// plan is the job's (stage, ref) plan.
+func (a *app) plan() (stages.Plan, error) {
+	return stages.PlanFor(a.settings, a.job.Stage, a.job.RefType, a.job.Ref)
+}
+
+// wireNative gives the executor its native build_script when the job's
+// stage is deploy or release.
+func (a *app) wireNative(ex *executor.Executor, eng *client.Client) error {
+	p, err := a.plan()
+	ex.Check = func() error { return err }
+	if err != nil || !p.Native() {
+		return nil
+	}
+	ex.Native = func(ctx context.Context) error {
+		dir, err := a.projectDir()
+		if err != nil {
+			return err
+		}
+		creds := a.credentials()
+		sleep := time.Sleep
+		n := &stages.Native{
+			Plan: p, Settings: a.settings, Job: a.job, ProjectDir: dir, Out: ex.Out,
+			Images:   &stages.Images{Engine: eng, Creds: creds, Out: ex.Out, Retries: a.settings.Registry.Retries, Sleep: sleep},
+			Registry: &stages.Registry{Creds: creds, Out: ex.Out, Retries: a.settings.Registry.Retries, Sleep: sleep},
+			Driver:   a.driverOpener(ex.Out, creds),
+		}
+		return n.Run(ctx)
+	}
+	return nil
+}
+
+// projectDir is where the runner checked the sources out. The runner's
+// CUSTOM_ENV_CI_PROJECT_DIR can be set by the job, so it counts only below
+// the job's own builds dir.
+func (a *app) projectDir() (string, error) {
+	dir := filepath.Clean(a.getenv("CUSTOM_ENV_CI_PROJECT_DIR"))
+	root := executor.JobDir(a.settings, a.job)
+	rel, err := filepath.Rel(root, dir)
+	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+		return "", executor.Buildf("the project dir %q is not below the job's builds dir %s: do not set CI_PROJECT_DIR in the job", dir, root)
+	}
+	return dir, nil
+}
+
+// history prints an environment's deployments.
+func (a *app) history(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return executor.Systemf("usage: berth history ENV")
+	}
+	if err := a.loadSettings(); err != nil {
+		return err
+	}
+	d, err := a.driverOpener(a.stdout, a.credentials())(args[0])
+	if err != nil {
+		return err
+	}
+	recs, err := d.History(ctx)
+	if err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(w, "TIME\tREF\tTAG\tPIPELINE\tJOB\tDIGEST\tBY\tRESULT\tID")
+	for _, r := range recs {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", r.Time.Format(time.RFC3339), dash(r.Ref), dash(r.Tag), r.Pipeline, r.Job,
+			dash(shortDigest(r.Digest)), dash(r.By), r.Result, r.ID)
+	}
+	return w.Flush()
+}
+
+// rollback restores an environment's previous version, or --to TAG|DIGEST.
+func (a *app) rollback(ctx context.Context, args []string) error {
+	var env, to string
+	for i := 0; i < len(args); i++ {
+		switch {
+		case args[i] == "--to" && i+1 < len(args):
+			to = args[i+1]
+			i++
+		case strings.HasPrefix(args[i], "--to="):
+			to = strings.TrimPrefix(args[i], "--to=")
+		case env == "" && !strings.HasPrefix(args[i], "-"):
+			env = args[i]
+		default:
+			return executor.Systemf("usage: berth rollback ENV [--to TAG|DIGEST]")
+		}
+	}
+	if env == "" {
+		return executor.Systemf("usage: berth rollback ENV [--to TAG|DIGEST]")
+	}
+	if err := a.loadSettings(); err != nil {
+		return err
+	}
+	start := time.Now()
+	by := a.getenv("USER")
+	rec, err := stages.Rollback(ctx, a.driverOpener(a.stdout, a.credentials()), a.settings, env, to, by, 0, 0, time.Hour, a.stdout)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stdout, "berth: %s rolled back in %s: runs %s (%s, %s) again\n", env, time.Since(start).Round(time.Millisecond), dash(rec.Tag), dash(shortDigest(rec.Digest)), rec.ID)
+	return nil
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func shortDigest(d string) string {
+	if len(d) > 19 {
+		return d[:19]
+	}
+	return d
+}
