@@ -5,6 +5,8 @@
 # network, a long-lived job container with the builds dir bind-mounted,
 # the job's script in the container, sources on the host.
 #   bashdriver.sh config|prepare|run SCRIPT STAGE|cleanup
+# With BASHDRIVER_ON_HOST=1 every stage runs on the host, like the shell
+# executor, so job scripts can call the docker CLI (the deploy benchmarks).
 set -eo pipefail
 id=${CUSTOM_ENV_CI_JOB_ID:?}
 name=bash-job-$id
@@ -18,14 +20,15 @@ config)
 	;;
 prepare)
 	mkdir -p "$dir" "$root/cache"
+	[ "${BASHDRIVER_ON_HOST:-}" = 1 ] && exit 0
 	docker image inspect "$image" >/dev/null 2>&1 || docker pull "$image"
 	docker network create --label "bash.job=$id" "$name" >/dev/null
 	docker run -d -i --name "$name" --label "bash.job=$id" --network "$name" \
 		-v "$dir:$dir" -v "$root/cache:$root/cache" -w "$dir" --entrypoint sh "$image" >/dev/null
 	;;
 run)
-	case "$3" in
-	build_script | step_* | after_script)
+	case "${BASHDRIVER_ON_HOST:-}:$3" in
+	:build_script | :step_* | :after_script)
 		docker exec -i "$name" sh <"$2" || { echo $? >"$BUILD_EXIT_CODE_FILE"; exit "$BUILD_FAILURE_EXIT_CODE"; } ;;
 	*) bash "$2" || exit "$BUILD_FAILURE_EXIT_CODE" ;;
 	esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make bench: runs the side-by-side benchmarks and writes docs/BENCHMARKS.md.
-#   BENCH_COUNT  repetitions of each benchmark (default 5)
+#   BENCH_COUNT  repetitions of each benchmark (default 3)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -10,8 +10,10 @@ export GLR_BIN BERTH_BIN=$root/bin/berth
 [ -x "$BERTH_BIN" ] || make build
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-go test -run '^$' -bench 'Invocation' -benchtime 15x -count "${BENCH_COUNT:-5}" ./bench | tee "$out"
-go test -run '^$' -bench 'TrivialJob' -benchtime 5x -count "${BENCH_COUNT:-5}" ./bench | tee -a "$out"
+count=${BENCH_COUNT:-3}
+go test -run '^$' -bench 'Invocation' -benchtime 15x -count "$count" ./bench | tee "$out"
+go test -run '^$' -bench 'TrivialJob|DeployJob' -benchtime 5x -count "$count" ./bench | tee -a "$out"
+go test -run '^$' -bench 'Outage|Release|Rollback' -benchtime 5x -count "$count" ./bench | tee -a "$out"
 go run ./bench/report -title "Benchmarks" <"$out" >docs/BENCHMARKS.md
 echo "bench: wrote docs/BENCHMARKS.md"
 cat docs/BENCHMARKS.md

@@ -17,13 +17,16 @@ BenchmarkInvocation/config/berth-2   20  4000000 ns/op  5.0 median-ms
 BenchmarkInvocation/config/bash-2    20  4000000 ns/op  10.0 median-ms
 BenchmarkTrivialJob/berth-2           5  1 ns/op  2000 median-ms
 BenchmarkTrivialJob/bash-2            5  1 ns/op  1000 median-ms
+BenchmarkOutage/berth-2               5  1 ns/op  3 failed  100 longest-gap-ms
+BenchmarkOutage/bash-2                5  1 ns/op  40 failed  1200 longest-gap-ms
 cpu: test cpu
 `
 	var out bytes.Buffer
 	require.NoError(t, run(strings.NewReader(in), &out, "T"))
 	s := out.String()
-	assert.Contains(t, s, "| Invocation/config | 5.0 | 10.0 | 0.50 | ≤ 15 ms | yes |", "the median of three counts")
-	assert.Contains(t, s, "| TrivialJob | 2000.0 | 1000.0 | 2.00 |")
+	assert.Contains(t, s, "| Invocation/config | median-ms | 5.0 | 10.0 | 0.50 | ≤ 15 ms | yes |", "the median of three counts")
+	assert.Contains(t, s, "| TrivialJob | median-ms | 2000.0 | 1000.0 | 2.00 |")
+	assert.Contains(t, s, "| Outage | failed | 3.0 | 40.0 | 0.07 |")
 	assert.Contains(t, s, "**no**")
 	assert.Equal(t, 1, strings.Count(s, "cpu: test cpu"))
 
