@@ -26,6 +26,8 @@ type Job struct {
 	// Variables are the job's variables as GitLab sent them.
 	Variables   []api.Variable
 	Credentials []api.Credentials
+	// AfterScript says the job has after_script lines.
+	AfterScript bool
 	token       string
 }
 
@@ -50,6 +52,10 @@ func LoadJob(path string) (*Job, error) {
 
 // NewJob derives the job context from a payload.
 func NewJob(r *api.JobResponse) *Job {
+	after := false
+	for _, st := range r.Steps {
+		after = after || (st.Name == "after_script" && len(st.Script) > 0)
+	}
 	timeout := time.Duration(r.RunnerInfo.Timeout) * time.Second
 	if timeout <= 0 {
 		timeout = time.Hour // GitLab's default job timeout
@@ -68,6 +74,7 @@ func NewJob(r *api.JobResponse) *Job {
 		Services:    r.Services,
 		Variables:   r.Variables,
 		Credentials: r.Credentials,
+		AfterScript: after,
 		token:       r.Token,
 	}
 }

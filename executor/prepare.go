@@ -35,7 +35,7 @@ func (e *Executor) Prepare(ctx context.Context) error {
 			return err
 		}
 	}
-	if img == "" {
+	if img == "" && (e.Native == nil || e.Job.AfterScript) {
 		return Buildf("the job has no image: and berth.toml sets no job.default_image: add image: to the job in .gitlab-ci.yml")
 	}
 
@@ -45,6 +45,11 @@ func (e *Executor) Prepare(ctx context.Context) error {
 		}
 	}
 
+	if e.Native != nil && !e.Job.AfterScript {
+		// a native stage runs no script of the job: no container to start
+		e.stepf("berth: native stage without after_script: no job container needed")
+		return nil
+	}
 	t := e.Now()
 	if err := e.pullFor("image", img, e.Job.Image.PullPolicy); err != nil {
 		return err

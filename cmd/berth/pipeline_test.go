@@ -97,13 +97,15 @@ protected = true
 	tr := traceLines(res.Trace)
 	require.Equal(t, "success", res.State, tr)
 	assert.Contains(t, tr, "stage deploy is native (deploy): the job's script lines are not run")
+	assert.Contains(t, tr, "no job container needed")
 	assert.NotContains(t, tr, "\nmust not run")
 	assert.Regexp(t, `berth: done in \S+: web runs 127\.0\.0\.1:5000/berth-e2e/\S+@sha256:[0-9a-f]{64} \(latest\)`, tr)
 	assert.Equal(t, "app v1", httpGet("http://127.0.0.1:6100/"))
 
 	repo.commit("v2")
-	res = job("--ref", "master", "--stage", "deploy", "--image", "busybox:local")
+	res = job("--ref", "master", "--stage", "deploy", "--image", "busybox:local", "--after-script", "echo after deploy: $CI_JOB_STATUS")
 	require.Equal(t, "success", res.State, traceLines(res.Trace))
+	assert.Contains(t, traceLines(res.Trace), "\nafter deploy: success\n", "after_script still runs in the job's container")
 	assert.Equal(t, "app v2", httpGet("http://127.0.0.1:6100/"))
 
 	// release on a tag of the deployed commit: promoted, not rebuilt
