@@ -60,7 +60,7 @@ func (c *Credentials) Encoded(ref string) (string, string, error) {
 	if err != nil {
 		return "", "", err
 	}
-	enc, err := registryAuthHeader(a)
+	enc, err := registry.EncodeAuthConfig(a) // the engine wants the header even when empty
 	if err != nil {
 		return "", "", executor.Systemf("encode registry credentials: %w", err)
 	}

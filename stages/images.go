@@ -7,13 +7,11 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/image"
-	"github.com/docker/docker/api/types/registry"
 
 	"github.com/berthci/berth/executor"
 )
@@ -221,24 +219,4 @@ func transient(err error) bool {
 		}
 	}
 	return true
-}
-
-// SortedArgs renders build args for the job log.
-func SortedArgs(args map[string]string) string {
-	keys := make([]string, 0, len(args))
-	for k := range args {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var b strings.Builder
-	for _, k := range keys {
-		fmt.Fprintf(&b, " %s=%s", k, args[k])
-	}
-	return strings.TrimSpace(b.String())
-}
-
-// registryAuthHeader encodes credentials for the engine; empty ones too,
-// since the engine wants the header on every push.
-func registryAuthHeader(a registry.AuthConfig) (string, error) {
-	return registry.EncodeAuthConfig(a)
 }
