@@ -6,6 +6,7 @@
 #   .ci/rig.sh registry  only the registry on 127.0.0.1:5000
 #   .ci/rig.sh images    only the test images (busybox:local, bash:local, web:local)
 #   .ci/rig.sh runner    build the real gitlab-runner; prints its bin dir last
+#   .ci/rig.sh sshd      an sshd on 127.0.0.1:2222 for ssh:// docker hosts (key in $BERTH_RIG_DIR/ssh)
 #   .ci/rig.sh down      stop the engine and registry this script started
 #
 # Everything runs in the background without systemd. State lives in
@@ -129,8 +130,40 @@ runner() {
 	"$shared/gitlab-runner/build.sh" | tail -n1
 }
 
+# sshd on loopback, root by key only, for deploys to ssh:// docker hosts
+sshd() {
+	local d=$RIG/ssh
+	if [ -f "$d/sshd.pid" ] && alive "$(cat "$d/sshd.pid")"; then say "sshd answers on 127.0.0.1:2222"; return 0; fi
+	apt_install openssh-server openssh-client
+	mkdir -p "$d" /run/sshd
+	chmod 700 "$d"
+	[ -f "$d/host_key" ] || ssh-keygen -q -t ed25519 -N "" -f "$d/host_key"
+	[ -f "$d/id" ] || ssh-keygen -q -t ed25519 -N "" -f "$d/id"
+	cp "$d/id.pub" "$d/authorized_keys"
+	cat >"$d/sshd_config" <<CFG
+ListenAddress 127.0.0.1
+Port 2222
+HostKey $d/host_key
+PidFile $d/sshd.pid
+AuthorizedKeysFile $d/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+CFG
+	/usr/sbin/sshd -f "$d/sshd_config" -E "$d/sshd.log"
+	for _ in $(seq 50); do
+		ssh -q -i "$d/id" -p 2222 -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes root@127.0.0.1 true 2>/dev/null && { say "sshd ready on 127.0.0.1:2222"; return 0; }
+		sleep 0.1
+	done
+	tail -5 "$d/sshd.log" >&2
+	die "sshd did not accept the rig's key on 127.0.0.1:2222"
+}
+
 down() {
 	local f
+	if [ -f "$RIG/ssh/sshd.pid" ]; then kill "$(cat "$RIG/ssh/sshd.pid")" 2>/dev/null || true; rm -f "$RIG/ssh/sshd.pid"; fi
 	for f in registry dockerd; do
 		if [ -f "$RIG/$f.pid" ]; then
 			kill "$(cat "$RIG/$f.pid")" 2>/dev/null || true
@@ -141,7 +174,7 @@ down() {
 }
 
 case "${1:-up}" in
-up) engine; registry; images ;;
-engine | registry | images | runner | down) "$1" ;;
-*) die "unknown command $1 (up|engine|registry|images|runner|down)" ;;
+up) engine; registry; images; sshd ;;
+engine | registry | images | runner | sshd | down) "$1" ;;
+*) die "unknown command $1 (up|engine|registry|images|runner|sshd|down)" ;;
 esac

@@ -18,12 +18,13 @@ import (
 )
 
 // dockerClient connects to host: "" is DOCKER_HOST or the local socket,
-// ssh://user@host goes through docker's own connection helper, tcp:// takes
-// TLS from DOCKER_CERT_PATH and DOCKER_TLS_VERIFY.
-func dockerClient(host string) (*client.Client, error) {
+// ssh://user@host goes through docker's own connection helper (ssh running
+// `docker system dial-stdio` there, with sshOpts), tcp:// takes TLS from
+// DOCKER_CERT_PATH and DOCKER_TLS_VERIFY.
+func dockerClient(host string, sshOpts ...string) (*client.Client, error) {
 	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
 	if strings.HasPrefix(host, "ssh://") {
-		h, err := connhelper.GetConnectionHelper(host)
+		h, err := connhelper.GetConnectionHelperWithSSHOpts(host, sshOpts)
 		if err != nil {
 			return nil, fmt.Errorf("docker_host %s: %w", host, err)
 		}
@@ -66,7 +67,7 @@ func (a *app) driverOpener(out io.Writer, creds *stages.Credentials) func(string
 			if host == "" {
 				host = a.settings.DockerHost
 			}
-			eng, err := dockerClient(host)
+			eng, err := dockerClient(host, env.SSHOptions...)
 			if err != nil {
 				return nil, executor.Systemf("environment %s: %w", name, err)
 			}

@@ -201,3 +201,43 @@ health_url = "http://127.0.0.1:6101/health"
 	assert.Equal(t, "app v1", httpGet("http://127.0.0.1:6101/"))
 	r.requireNothingLeft(t, res.JobID)
 }
+
+// A target reached over ssh://, through docker's own connection helper, to
+// the rig's sshd on loopback (.ci/rig.sh sshd).
+func TestE2EDeployToSSHDockerHost(t *testing.T) {
+	r := needRig(t)
+	rigDir := os.Getenv("BERTH_RIG_DIR")
+	if rigDir == "" {
+		rigDir = "/var/tmp/berth-rig"
+	}
+	key := filepath.Join(rigDir, "ssh", "id")
+	if !exists(key) {
+		if os.Getenv("BERTH_REQUIRE_RIG") == "1" {
+			t.Fatalf("no rig sshd key at %s: run .ci/rig.sh sshd", key)
+		}
+		t.Skipf("no rig sshd (run .ci/rig.sh sshd)")
+	}
+	repo := newAppRepo(t)
+	repo.commit("over-ssh")
+	web := fmt.Sprintf("berth-e2e-ssh-%d", time.Now().UnixNano()%1e8)
+	t.Cleanup(func() { removeByName(r, web) })
+	toml := writeTOML(t, defaultTOML+fmt.Sprintf(`
+[registry]
+image = "127.0.0.1:5000/berth-e2e/%[1]s"
+[environments.web]
+driver = "container"
+docker_host = "ssh://root@127.0.0.1:2222"
+ssh_options = ["-i", %[2]q, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+[environments.web.container]
+name = %[1]q
+ports = ["127.0.0.1:6102:5000"]
+health_url = "http://127.0.0.1:6102/health"
+`, web, key))
+	res := r.runJob(t, toml, "--repo", repo.dir, "--ref", "master", "--stage", "deploy", "--image", "busybox:local")
+	require.Equal(t, "success", res.State, traceLines(res.Trace))
+	assert.Equal(t, "app over-ssh", httpGet("http://127.0.0.1:6102/"))
+	out, err := exec.Command(r.berth, "--config", toml, "history", "web").CombinedOutput()
+	require.NoError(t, err, string(out))
+	assert.Contains(t, string(out), "serving")
+	r.requireNothingLeft(t, res.JobID)
+}

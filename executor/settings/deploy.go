@@ -75,7 +75,10 @@ type Environment struct {
 	LockTimeout Duration `toml:"lock_timeout"`
 	// DockerHost is the target engine (unix://, tcp://, ssh://); empty is
 	// the job engine.
-	DockerHost string        `toml:"docker_host"`
+	DockerHost string `toml:"docker_host"`
+	// SSHOptions are extra ssh flags for an ssh:// docker_host, e.g.
+	// ["-i", "/etc/gitlab-runner/deploy_key"].
+	SSHOptions []string      `toml:"ssh_options"`
 	Container  ContainerSpec `toml:"container"`
 }
 
