@@ -230,3 +230,33 @@ func TestStaleLockIsTakenOver(t *testing.T) {
 	_, err = d.Lock(ctx, Holder{Job: 4, Pipeline: 4, By: "late", Image: "busybox:local", Deadline: time.Now().Add(time.Hour)}, time.Second)
 	assert.ErrorContains(t, err, "still locked by job 3")
 }
+
+func TestHealthCommandAndEnvFile(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("web")
+	im, _ := testImages(c)
+	// busybox for the health command, the app as the service
+	df := "FROM busybox:local\nCOPY --from=web:local /app /app\nENTRYPOINT [\"/app\"]\n"
+	_, err := im.Build(ctx, BuildOptions{Dir: sourceDir(t, map[string]string{"Dockerfile": df}), Dockerfile: "Dockerfile", Tags: []string{repo + ":latest"}})
+	require.NoError(t, err)
+	digest, err := im.Push(ctx, repo+":latest")
+	require.NoError(t, err)
+	envFile := sourceDir(t, map[string]string{"app.env": "# comment\nAPP_VERSION=from-env-file\n"}) + "/app.env"
+
+	d, _ := testDriver(t, c, 16005)
+	d.Spec.HealthURL = ""
+	d.Spec.HealthCmd = []string{"wget", "-qO-", "http://127.0.0.1:5000/health"}
+	d.Spec.EnvFile = envFile
+	d.Spec.Env = nil
+	rel := Release{Env: d.Env, Image: repo + "@" + digest, Digest: digest, Tag: "latest", Job: 1}
+	require.NoError(t, d.Deploy(ctx, rel))
+	assert.Equal(t, "app from-env-file", get(t, "http://127.0.0.1:16005/"))
+
+	d.Spec.HealthCmd = []string{"false"}
+	d.Spec.HealthTimeout = settings.Duration(time.Second)
+	err = d.Deploy(ctx, rel)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "[false] exited with 1")
+	assert.Equal(t, "app from-env-file", get(t, "http://127.0.0.1:16005/"), "the old one serves again")
+}
