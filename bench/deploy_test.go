@@ -165,16 +165,7 @@ func BenchmarkOutage(b *testing.B) {
 		d := webDriver(c, "bench-web")
 		defer clearPort(b, "bench-web")
 		must(b, d.Deploy(ctx, release(refs[0])))
-		var failed, gaps []float64
-		for i := 0; i < b.N; i++ {
-			p := probe()
-			must(b, d.Deploy(ctx, release(refs[(i+1)%2])))
-			waitServing(b, fmt.Sprintf("app v%d", (i+1)%2))
-			f, g := p.end()
-			failed, gaps = append(failed, float64(f)), append(gaps, float64(g.Milliseconds()))
-		}
-		b.ReportMetric(medianOf(failed), "failed")
-		b.ReportMetric(medianOf(gaps), "longest-gap-ms")
+		probedSwitches(b, func(ref string) { must(b, d.Deploy(ctx, release(ref))) }, refs)
 	})
 	b.Run("bash", func(b *testing.B) {
 		defer clearPort(b, "bench-web-sh")
@@ -183,17 +174,23 @@ func BenchmarkOutage(b *testing.B) {
 		}
 		run(refs[0])
 		waitServing(b, "app v0")
-		var failed, gaps []float64
-		for i := 0; i < b.N; i++ {
-			p := probe()
-			run(refs[(i+1)%2])
-			waitServing(b, fmt.Sprintf("app v%d", (i+1)%2))
-			f, g := p.end()
-			failed, gaps = append(failed, float64(f)), append(gaps, float64(g.Milliseconds()))
-		}
-		b.ReportMetric(medianOf(failed), "failed")
-		b.ReportMetric(medianOf(gaps), "longest-gap-ms")
+		probedSwitches(b, run, refs)
 	})
+}
+
+// probedSwitches switches between the two versions b.N times under the
+// prober and reports the median failed requests and longest gap.
+func probedSwitches(b *testing.B, switchTo func(ref string), refs []string) {
+	var failed, gaps []float64
+	for i := 0; i < b.N; i++ {
+		p := probe()
+		switchTo(refs[(i+1)%2])
+		waitServing(b, fmt.Sprintf("app v%d", (i+1)%2))
+		f, g := p.end()
+		failed, gaps = append(failed, float64(f)), append(gaps, float64(g.Milliseconds()))
+	}
+	b.ReportMetric(medianOf(failed), "failed")
+	b.ReportMetric(medianOf(gaps), "longest-gap-ms")
 }
 
 // BenchmarkRollback is (d): back to the previous version until it answers.

@@ -162,21 +162,13 @@ func (im *Images) Push(ctx context.Context, ref string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var last error
-	for attempt := 0; attempt <= im.Retries; attempt++ {
-		if attempt > 0 {
-			wait := time.Duration(1<<(attempt-1)) * 500 * time.Millisecond
-			fmt.Fprintf(im.Out, "berth:   push failed (%v), retry %d/%d in %s\n", last, attempt, im.Retries, wait)
-			im.Sleep(wait)
-		}
-		var digest string
-		digest, last = im.pushOnce(ctx, ref, auth)
-		if last == nil {
-			return digest, nil
-		}
-		if !transient(last) || ctx.Err() != nil {
-			break
-		}
+	var digest string
+	last := withRetries(ctx, im.Retries, im.Sleep, im.Out, "push failed", func() (err error) {
+		digest, err = im.pushOnce(ctx, ref, auth)
+		return err
+	})
+	if last == nil {
+		return digest, nil
 	}
 	return "", executor.Buildf("push %s failed (credentials: %s): %v: check that the registry is up and the credentials may push there", ref, source, last)
 }
@@ -208,6 +200,23 @@ func (im *Images) pushOnce(ctx context.Context, ref, auth string) (string, error
 		return "", errors.New("the registry reported no digest")
 	}
 	return digest, nil
+}
+
+// withRetries runs f, and again after a transient error with doubling
+// waits from half a second, up to retries more times.
+func withRetries(ctx context.Context, retries int, sleep func(time.Duration), out io.Writer, what string, f func() error) error {
+	var err error
+	for attempt := 0; attempt <= retries; attempt++ {
+		if attempt > 0 {
+			wait := time.Duration(1<<(attempt-1)) * 500 * time.Millisecond
+			fmt.Fprintf(out, "berth:   %s (%v), retry %d/%d in %s\n", what, err, attempt, retries, wait)
+			sleep(wait)
+		}
+		if err = f(); err == nil || !transient(err) || ctx.Err() != nil {
+			return err
+		}
+	}
+	return err
 }
 
 // transient says whether a registry error may go away on its own.

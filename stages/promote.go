@@ -3,7 +3,6 @@ package stages
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
 	"time"
@@ -42,15 +41,7 @@ func (r *Registry) options(ctx context.Context, ref string) ([]remote.Option, er
 // Digest resolves a tag to its manifest digest; ok is false when the tag
 // does not exist.
 func (r *Registry) Digest(ctx context.Context, ref string) (digest string, ok bool, err error) {
-	err = r.retry(ctx, func() error {
-		tag, err := name.ParseReference(ref)
-		if err != nil {
-			return err
-		}
-		opts, err := r.options(ctx, ref)
-		if err != nil {
-			return err
-		}
+	err = r.withRef(ctx, ref, func(tag name.Reference, opts []remote.Option) error {
 		d, err := remote.Head(tag, opts...)
 		if isNotFound(err) {
 			return nil
@@ -67,15 +58,7 @@ func (r *Registry) Digest(ctx context.Context, ref string) (digest string, ok bo
 // Revision reads the revision label of the image a tag points to; ok is
 // false when the tag does not exist.
 func (r *Registry) Revision(ctx context.Context, ref string) (rev, digest string, ok bool, err error) {
-	err = r.retry(ctx, func() error {
-		tag, err := name.ParseReference(ref)
-		if err != nil {
-			return err
-		}
-		opts, err := r.options(ctx, ref)
-		if err != nil {
-			return err
-		}
+	err = r.withRef(ctx, ref, func(tag name.Reference, opts []remote.Option) error {
 		desc, err := remote.Get(tag, opts...)
 		if isNotFound(err) {
 			return nil
@@ -121,16 +104,8 @@ func imageOf(desc *remote.Descriptor, opts []remote.Option) (v1.Image, error) {
 // pulled or pushed and the digest stays the same.
 func (r *Registry) Tag(ctx context.Context, from, to string) (string, error) {
 	var digest string
-	err := r.retry(ctx, func() error {
-		src, err := name.ParseReference(from)
-		if err != nil {
-			return err
-		}
+	err := r.withRef(ctx, from, func(src name.Reference, opts []remote.Option) error {
 		dst, err := name.NewTag(to)
-		if err != nil {
-			return err
-		}
-		opts, err := r.options(ctx, to)
 		if err != nil {
 			return err
 		}
@@ -150,19 +125,20 @@ func (r *Registry) Tag(ctx context.Context, from, to string) (string, error) {
 	return digest, nil
 }
 
-func (r *Registry) retry(ctx context.Context, f func() error) error {
-	var err error
-	for attempt := 0; attempt <= r.Retries; attempt++ {
-		if attempt > 0 {
-			wait := time.Duration(1<<(attempt-1)) * 500 * time.Millisecond
-			fmt.Fprintf(r.Out, "berth:   registry error (%v), retry %d/%d in %s\n", err, attempt, r.Retries, wait)
-			r.Sleep(wait)
-		}
-		if err = f(); err == nil || !transient(err) || ctx.Err() != nil {
+// withRef parses ref and finds its login for f, retrying transient errors.
+// One login serves both ends of a promotion: they are one repository.
+func (r *Registry) withRef(ctx context.Context, ref string, f func(name.Reference, []remote.Option) error) error {
+	return withRetries(ctx, r.Retries, r.Sleep, r.Out, "registry error", func() error {
+		parsed, err := name.ParseReference(ref)
+		if err != nil {
 			return err
 		}
-	}
-	return err
+		opts, err := r.options(ctx, ref)
+		if err != nil {
+			return err
+		}
+		return f(parsed, opts)
+	})
 }
 
 func isNotFound(err error) bool {
