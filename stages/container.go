@@ -70,7 +70,15 @@ type ContainerDriver struct {
 
 var _ Driver = (*ContainerDriver)(nil)
 
+// Lock makes the holder's image present on the target first: the lock is a
+// container of it, and a remote target may not have it yet.
 func (d *ContainerDriver) Lock(ctx context.Context, h Holder, timeout time.Duration) (func(), error) {
+	if h.Image == "" {
+		return nil, executor.Systemf("no image on the target to make the lock of %s from: deploy a version first", d.Env)
+	}
+	if err := d.pull(ctx, h.Image); err != nil {
+		return nil, err
+	}
 	return engineLock(ctx, d.Engine, d.Out, d.Env, h, timeout)
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/client"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -259,4 +260,24 @@ func TestHealthCommandAndEnvFile(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "[false] exited with 1")
 	assert.Equal(t, "app from-env-file", get(t, "http://127.0.0.1:16005/"), "the old one serves again")
+}
+
+// A remote target may not have the release image yet: the lock, a
+// container of that image, must not depend on it being there.
+func TestLockPullsItsImageFirst(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("lockimg")
+	rel := appImage(t, c, repo, "latest", "lock", true)
+	_, err := c.ImageRemove(ctx, repo+":latest", image.RemoveOptions{Force: true})
+	require.NoError(t, err)
+	_, err = c.ImageInspect(ctx, rel.Image)
+	require.Error(t, err, "the image is gone from the target")
+
+	d, _ := testDriver(t, c, 16006)
+	unlock, err := d.Lock(ctx, Holder{Job: 7, Pipeline: 7, By: "t", Image: rel.Image, Deadline: time.Now().Add(time.Hour)}, 5*time.Second)
+	require.NoError(t, err)
+	unlock()
+	_, err = d.Lock(ctx, Holder{Job: 8}, time.Second)
+	assert.ErrorContains(t, err, "no image on the target")
 }

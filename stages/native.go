@@ -291,12 +291,17 @@ func Rollback(ctx context.Context, open func(string) (Driver, error), s *setting
 }
 
 // lockImage is an image present at a container target, for the lock
-// container; other drivers ignore it.
+// container: the serving one's, else a kept one's. Other drivers ignore it.
 func lockImage(ctx context.Context, d Driver) string {
-	if cd, ok := d.(*ContainerDriver); ok {
-		if c, err := cd.Engine.ContainerInspect(ctx, cd.Spec.Name); err == nil {
-			return c.Image
-		}
+	cd, ok := d.(*ContainerDriver)
+	if !ok {
+		return ""
+	}
+	if c, err := cd.Engine.ContainerInspect(ctx, cd.Spec.Name); err == nil {
+		return c.Image
+	}
+	if kept, err := cd.kept(ctx); err == nil && len(kept) > 0 {
+		return kept[0].ImageID
 	}
 	return ""
 }
