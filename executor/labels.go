@@ -19,6 +19,10 @@ const (
 
 	RoleJob     = "job"
 	RoleService = "service"
+
+	// LabelLockJob marks a deploy lock with the job that holds it, so that
+	// cleanup removes the locks of its own job.
+	LabelLockJob = "berth.lock.job"
 )
 
 // deadlineMargin is added to the job timeout: the runner needs time after a

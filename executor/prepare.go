@@ -35,7 +35,9 @@ func (e *Executor) Prepare(ctx context.Context) error {
 			return err
 		}
 	}
-	if img == "" && (e.Native == nil || e.Job.AfterScript) {
+	// a native stage runs no script of the job, unless it has after_script
+	needsContainer := e.Native == nil || e.Job.AfterScript
+	if img == "" && needsContainer {
 		return Buildf("the job has no image: and berth.toml sets no job.default_image: add image: to the job in .gitlab-ci.yml")
 	}
 
@@ -45,8 +47,7 @@ func (e *Executor) Prepare(ctx context.Context) error {
 		}
 	}
 
-	if e.Native != nil && !e.Job.AfterScript {
-		// a native stage runs no script of the job: no container to start
+	if !needsContainer {
 		e.stepf("berth: native stage without after_script: no job container needed")
 		return nil
 	}

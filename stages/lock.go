@@ -18,7 +18,7 @@ import (
 // Lock labels, read by whoever waits and by cleanup.
 const (
 	LabelLockEnv      = "berth.lock.env"
-	LabelLockJob      = "berth.lock.job"
+	LabelLockJob      = executor.LabelLockJob
 	LabelLockPipeline = "berth.lock.pipeline"
 	LabelLockBy       = "berth.lock.by"
 	LabelLockSince    = "berth.lock.since"
