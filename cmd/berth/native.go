@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/distribution/reference"
 	"github.com/docker/cli/cli/connhelper"
 	"github.com/docker/docker/client"
 
@@ -43,8 +44,8 @@ func dockerClient(host string, sshOpts ...string) (*client.Client, error) {
 func (a *app) credentials() *stages.Credentials {
 	c := &stages.Credentials{TOMLUser: a.settings.Registry.Username, TOMLPassword: a.settings.Registry.Password,
 		DockerConfig: stages.DockerConfigFile}
-	if img := a.settings.Registry.Image; img != "" {
-		c.TOMLHost, _, _ = strings.Cut(img, "/")
+	if named, err := reference.ParseNormalizedNamed(a.settings.Registry.Image); err == nil {
+		c.TOMLHost = reference.Domain(named) // as Credentials.For reads an image's host
 	}
 	if a.job != nil {
 		c.JobRegistry, _ = a.job.Var("CI_REGISTRY")
