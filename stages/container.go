@@ -56,6 +56,8 @@ type ContainerEngine interface {
 	ContainerExecInspect(ctx context.Context, id string) (container.ExecInspect, error)
 	ImageInspect(ctx context.Context, ref string, opts ...client.ImageInspectOption) (image.InspectResponse, error)
 	ImagePull(ctx context.Context, ref string, opts image.PullOptions) (io.ReadCloser, error)
+	ImageImport(ctx context.Context, src image.ImportSource, ref string, opts image.ImportOptions) (io.ReadCloser, error)
+	ServerVersion(ctx context.Context) (types.Version, error)
 }
 
 // ContainerDriver runs an environment as one named container on a Docker
@@ -66,6 +68,10 @@ type ContainerDriver struct {
 	Engine ContainerEngine
 	Creds  *Credentials
 	Out    io.Writer
+	// AnchorBinary is a static Linux berth binary, imported as the anchor
+	// image (anchor.go). Without it, or on a target that cannot run it, the
+	// container publishes its ports itself.
+	AnchorBinary string
 }
 
 var _ Driver = (*ContainerDriver)(nil)
@@ -84,7 +90,8 @@ func (d *ContainerDriver) Lock(ctx context.Context, h Holder, timeout time.Durat
 
 // Deploy: pull by digest, create the new container while the old one still
 // serves, stop the old one, start the new one, wait for health. On failure
-// the new one is stopped and kept as failed, and the old one serves again.
+// the new one is stopped and kept as failed, and everything the switch
+// changed is put back: the old one serves again.
 func (d *ContainerDriver) Deploy(ctx context.Context, r Release) error {
 	if err := d.pull(ctx, r.Image); err != nil {
 		return err
@@ -94,32 +101,99 @@ func (d *ContainerDriver) Deploy(ctx context.Context, r Release) error {
 	if err != nil {
 		return err
 	}
-	cfg, host, netCfg, err := d.render(r, old, hasOld)
+	anchorRef, why, err := d.anchorImage(ctx)
 	if err != nil {
 		return err
 	}
+	if why != "" {
+		fmt.Fprintf(d.Out, "berth: %s publishes its ports itself (%s): a switch costs about a second of outage\n", name, why)
+	}
+	rc, err := d.render(r, old, hasOld, anchorRef != "")
+	if err != nil {
+		return err
+	}
+	anc, hasAnc, err := d.inspect(ctx, AnchorName(name))
+	if err != nil {
+		return err
+	}
+	// The anchor is made again when the ports or networks changed, and
+	// retired when the ports move onto the container. A new one is created
+	// now, beside the old, and started once the old one let go of the ports.
+	moving := hasAnc && (anchorRef == "" || anc.Config.Labels[labelAnchorLayout] != rc.layout)
+	var newAnchor string
+	if anchorRef != "" {
+		var anchorID string
+		if hasAnc {
+			anchorID = anc.ID
+		}
+		if !hasAnc || moving {
+			if newAnchor, err = d.createAnchor(ctx, anchorRef, rc, r.Job); err != nil {
+				return err
+			}
+			anchorID = newAnchor
+		}
+		// by id: the engine resolves a name once, at create
+		rc.host.NetworkMode = container.NetworkMode("container:" + anchorID)
+	}
+
+	// undo puts back, in reverse, what the switch changed so far
+	var undo []func(context.Context)
+	var created container.CreateResponse
+	fail := func(err error, keepNew bool) error {
+		ctx := context.WithoutCancel(ctx)
+		switch {
+		case created.ID == "":
+		case keepNew:
+			_ = d.stop(ctx, created.ID)
+			_ = d.Engine.ContainerRename(ctx, created.ID, keptName(name, created.ID, "failed"))
+		default:
+			_ = d.Engine.ContainerRemove(ctx, created.ID, container.RemoveOptions{Force: true})
+		}
+		if newAnchor != "" {
+			_ = d.Engine.ContainerRemove(ctx, newAnchor, container.RemoveOptions{Force: true})
+		}
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i](ctx)
+		}
+		return err
+	}
+
 	tmp := fmt.Sprintf("%s-new-%d", name, r.Job)
 	_ = d.Engine.ContainerRemove(ctx, tmp, container.RemoveOptions{Force: true}) // a crashed attempt's leftover
-	created, err := d.Engine.ContainerCreate(ctx, cfg, host, netCfg, nil, tmp)
-	if err != nil {
-		return executor.Buildf("create the new %s container: %v: check [environments.%s.container] in berth.toml", name, err, d.Env)
+	if created, err = d.Engine.ContainerCreate(ctx, rc.cfg, rc.host, rc.net, nil, tmp); err != nil {
+		return fail(executor.Buildf("create the new %s container: %v: check [environments.%s.container] in berth.toml", name, err, d.Env), false)
 	}
 	if hasOld {
 		if old.State.Running {
 			if err := d.stop(ctx, old.ID); err != nil {
-				_ = d.Engine.ContainerRemove(ctx, created.ID, container.RemoveOptions{Force: true})
-				return err
+				return fail(err, false)
 			}
+			undo = append(undo, func(ctx context.Context) { d.startAgain(ctx, old.ID, "the previous "+name) })
 		}
 		if err := d.Engine.ContainerRename(ctx, old.ID, keptName(name, old.ID, "")); err != nil {
-			_ = d.Engine.ContainerStart(ctx, old.ID, container.StartOptions{})
-			_ = d.Engine.ContainerRemove(ctx, created.ID, container.RemoveOptions{Force: true})
-			return executor.Systemf("rename the old %s container: %w", name, err)
+			return fail(executor.Systemf("rename the old %s container: %w", name, err), false)
 		}
+		undo = append(undo, func(ctx context.Context) { d.renameBack(ctx, old.ID, name) })
+	}
+	retired := AnchorName(name) + "-old"
+	if moving {
+		_ = d.Engine.ContainerRemove(ctx, retired, container.RemoveOptions{Force: true})
+		if anc.State.Running {
+			if err := d.stop(ctx, anc.ID); err != nil {
+				return fail(err, false)
+			}
+			undo = append(undo, func(ctx context.Context) { d.startAgain(ctx, anc.ID, "") })
+		}
+		if err := d.Engine.ContainerRename(ctx, anc.ID, retired); err != nil {
+			return fail(executor.Systemf("rename the old anchor %s: %w", AnchorName(name), err), false)
+		}
+		undo = append(undo, func(ctx context.Context) { d.renameBack(ctx, anc.ID, AnchorName(name)) })
+	}
+	if err := d.startAnchor(ctx, newAnchor, anc, hasAnc && !moving); err != nil {
+		return fail(err, false)
 	}
 	if err := d.Engine.ContainerRename(ctx, created.ID, name); err != nil {
-		d.restore(ctx, created.ID, old, hasOld, "")
-		return executor.Systemf("rename the new container to %s: %w", name, err)
+		return fail(executor.Systemf("rename the new container to %s: %w", name, err), false)
 	}
 	t := time.Now()
 	herr := d.Engine.ContainerStart(ctx, created.ID, container.StartOptions{})
@@ -128,39 +202,78 @@ func (d *ContainerDriver) Deploy(ctx context.Context, r Release) error {
 	}
 	if herr != nil {
 		logs := d.lastLogs(ctx, created.ID, 10)
-		d.restore(ctx, created.ID, old, hasOld, "failed")
 		back := "nothing ran before, so nothing serves now"
 		if hasOld {
 			back = "the previous container serves again"
 		}
-		return executor.Buildf("the new %s (%s) did not become healthy: %v; %s.%s", name, r.Tag, herr, back, logs)
+		return fail(executor.Buildf("the new %s (%s) did not become healthy: %v; %s.%s", name, r.Tag, herr, back, logs), true)
 	}
 	fmt.Fprintf(d.Out, "berth: %s serves %s (healthy after %s)\n", name, r.Image, time.Since(t).Round(time.Millisecond))
+	if moving {
+		_ = d.Engine.ContainerRemove(ctx, retired, container.RemoveOptions{Force: true})
+	}
 	return d.prune(ctx)
 }
 
-// restore stops the failed new container, keeps it under another name,
-// and starts the old one again.
-func (d *ContainerDriver) restore(ctx context.Context, newID string, old container.InspectResponse, hasOld bool, why string) {
-	ctx = context.WithoutCancel(ctx)
-	_ = d.stop(ctx, newID)
-	_ = d.Engine.ContainerRename(ctx, newID, keptName(d.Spec.Name, newID, why))
-	if !hasOld {
+// createAnchor creates, under a name of this deploy, the anchor that the
+// new container joins; startAnchor names and starts it.
+func (d *ContainerDriver) createAnchor(ctx context.Context, ref string, rc rendered, job int64) (string, error) {
+	tmp := fmt.Sprintf("%s-new-%d", AnchorName(d.Spec.Name), job)
+	_ = d.Engine.ContainerRemove(ctx, tmp, container.RemoveOptions{Force: true}) // a crashed attempt's leftover
+	cfg, host, netCfg := d.anchorConfig(ref, rc.exposed, rc.bindings)
+	a, err := d.Engine.ContainerCreate(ctx, cfg, host, netCfg, nil, tmp)
+	if err != nil {
+		return "", executor.Buildf("create the anchor %s: %v: check ports and networks of [environments.%s.container] in berth.toml", AnchorName(d.Spec.Name), err, d.Env)
+	}
+	return a.ID, nil
+}
+
+// startAnchor starts the anchor the new container joins: the one made for
+// this deploy, or the existing one if someone stopped it.
+func (d *ContainerDriver) startAnchor(ctx context.Context, newAnchor string, anc container.InspectResponse, keep bool) error {
+	name := AnchorName(d.Spec.Name)
+	switch {
+	case newAnchor != "":
+		if err := d.Engine.ContainerRename(ctx, newAnchor, name); err != nil {
+			return executor.Systemf("rename the new anchor to %s: %w", name, err)
+		}
+		if err := d.Engine.ContainerStart(ctx, newAnchor, container.StartOptions{}); err != nil {
+			return executor.Buildf("start the anchor %s, which publishes %s: %v: is a port taken by something else?", name, strings.Join(d.Spec.Ports, ", "), err)
+		}
+	case keep && !anc.State.Running:
+		if err := d.Engine.ContainerStart(ctx, anc.ID, container.StartOptions{}); err != nil {
+			return executor.Systemf("start the anchor %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// startAgain starts a container that the switch stopped; the job ends only
+// when the service is back. what names it in warnings ("" waits for nothing).
+func (d *ContainerDriver) startAgain(ctx context.Context, id, what string) {
+	if err := d.Engine.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		fmt.Fprintf(d.Out, "berth: warning: restart %s: %v\n", orName(what, id), err)
 		return
 	}
-	if err := d.Engine.ContainerRename(ctx, old.ID, d.Spec.Name); err != nil {
-		fmt.Fprintf(d.Out, "berth: warning: rename the previous container back to %s: %v\n", d.Spec.Name, err)
+	if what == "" {
+		return
 	}
-	if old.State.Running {
-		if err := d.Engine.ContainerStart(ctx, old.ID, container.StartOptions{}); err != nil {
-			fmt.Fprintf(d.Out, "berth: warning: restart the previous %s: %v\n", d.Spec.Name, err)
-			return
-		}
-		// the job ends only when the service is back
-		if err := d.waitHealthy(ctx, old.ID); err != nil {
-			fmt.Fprintf(d.Out, "berth: warning: the previous %s is not healthy either: %v\n", d.Spec.Name, err)
-		}
+	if err := d.waitHealthy(ctx, id); err != nil {
+		fmt.Fprintf(d.Out, "berth: warning: %s is not healthy either: %v\n", what, err)
 	}
+}
+
+func (d *ContainerDriver) renameBack(ctx context.Context, id, name string) {
+	if err := d.Engine.ContainerRename(ctx, id, name); err != nil {
+		fmt.Fprintf(d.Out, "berth: warning: rename %s back to %s: %v\n", id[:12], name, err)
+	}
+}
+
+func orName(what, id string) string {
+	if what != "" {
+		return what
+	}
+	return id[:12]
 }
 
 // keptName names a container that no longer serves: NAME-ID12 for replaced
@@ -216,16 +329,28 @@ func drain(rc io.ReadCloser) error {
 	return executor.ReadProgress(rc)
 }
 
+// rendered is the new container, and the ports it publishes or, anchored,
+// that its anchor publishes.
+type rendered struct {
+	cfg      *container.Config
+	host     *container.HostConfig
+	net      *network.NetworkingConfig
+	exposed  nat.PortSet
+	bindings nat.PortMap
+	layout   string // of the anchor it needs
+}
+
 // render builds the new container from the TOML spec. A container that
 // someone started by hand is adopted: its ports, env and volumes carry over
-// where the spec says nothing.
-func (d *ContainerDriver) render(r Release, old container.InspectResponse, hasOld bool) (*container.Config, *container.HostConfig, *network.NetworkingConfig, error) {
+// where the spec says nothing. Anchored, the container joins the anchor's
+// network namespace and publishes nothing itself.
+func (d *ContainerDriver) render(r Release, old container.InspectResponse, hasOld, anchored bool) (rendered, error) {
 	s := d.Spec
 	env := append([]string(nil), s.Env...)
 	if s.EnvFile != "" {
 		fileEnv, err := readEnvFile(s.EnvFile)
 		if err != nil {
-			return nil, nil, nil, executor.Systemf("environments.%s.container.env_file: %w", d.Env, err)
+			return rendered{}, executor.Systemf("environments.%s.container.env_file: %w", d.Env, err)
 		}
 		env = append(fileEnv, env...)
 	}
@@ -245,21 +370,21 @@ func (d *ContainerDriver) render(r Release, old container.InspectResponse, hasOl
 	}
 	exposed, bindings, err := nat.ParsePortSpecs(s.Ports)
 	if err != nil {
-		return nil, nil, nil, executor.Systemf("environments.%s.container.ports: %w", d.Env, err)
+		return rendered{}, executor.Systemf("environments.%s.container.ports: %w", d.Env, err)
 	}
 	var mounts []mount.Mount
 	for _, v := range s.Volumes {
 		m, err := parseMount(v)
 		if err != nil {
-			return nil, nil, nil, executor.Systemf("environments.%s.container.volumes: %w", d.Env, err)
+			return rendered{}, executor.Systemf("environments.%s.container.volumes: %w", d.Env, err)
 		}
 		mounts = append(mounts, m)
 	}
-	cfg := &container.Config{Image: r.Image, Env: env, Labels: labels, ExposedPorts: exposed}
-	host := &container.HostConfig{PortBindings: bindings, Mounts: mounts, RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(s.Restart)}}
+	cfg := &container.Config{Image: r.Image, Env: env, Labels: labels}
+	host := &container.HostConfig{Mounts: mounts, RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(s.Restart)}}
 	if hasOld && len(old.Config.Labels[LabelEnv]) == 0 && old.HostConfig != nil { // adopting a hand-made container
 		if len(s.Ports) == 0 {
-			cfg.ExposedPorts, host.PortBindings = old.Config.ExposedPorts, old.HostConfig.PortBindings
+			exposed, bindings = old.Config.ExposedPorts, old.HostConfig.PortBindings
 		}
 		if len(s.Volumes) == 0 {
 			host.Binds, host.Mounts = old.HostConfig.Binds, old.HostConfig.Mounts
@@ -268,14 +393,20 @@ func (d *ContainerDriver) render(r Release, old container.InspectResponse, hasOl
 			cfg.Env = userEnv(old)
 		}
 	}
-	netCfg := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{}}
+	rc := rendered{cfg: cfg, host: host, net: &network.NetworkingConfig{}, exposed: exposed, bindings: bindings}
+	if anchored { // Deploy sets the network mode: the anchor's id
+		rc.layout = anchorLayout(exposed, bindings, s.Networks)
+		return rc, nil
+	}
+	cfg.ExposedPorts, host.PortBindings = exposed, bindings
+	rc.net.EndpointsConfig = map[string]*network.EndpointSettings{}
 	for i, n := range s.Networks {
 		if i == 0 {
 			host.NetworkMode = container.NetworkMode(n)
 		}
-		netCfg.EndpointsConfig[n] = &network.EndpointSettings{}
+		rc.net.EndpointsConfig[n] = &network.EndpointSettings{}
 	}
-	return cfg, host, netCfg, nil
+	return rc, nil
 }
 
 // userEnv is a hand-made container's env without its image's defaults
@@ -508,6 +639,11 @@ func (d *ContainerDriver) Rollback(ctx context.Context, to, by string) (Record, 
 		}
 		return Record{}, executor.Buildf("roll %s back to %s: %v; the current version serves again", d.Env, containerName(*target), err)
 	}
+	if container.NetworkMode(target.HostConfig.NetworkMode).IsContainer() {
+		if err := d.joinAnchor(ctx, target); err != nil {
+			return rollbackFailed(err)
+		}
+	}
 	if err := d.Engine.ContainerRename(ctx, target.ID, d.Spec.Name); err != nil {
 		return rollbackFailed(err)
 	}
@@ -518,6 +654,48 @@ func (d *ContainerDriver) Rollback(ctx context.Context, to, by string) (Record, 
 		return rollbackFailed(err)
 	}
 	return recordOf(*target, "serving"), nil
+}
+
+// joinAnchor makes a kept container ready to start in the anchor: the
+// anchor runs, and a container made before the anchor was made again (the
+// ports changed since) is made again too, in the current one.
+func (d *ContainerDriver) joinAnchor(ctx context.Context, target *container.Summary) error {
+	name := AnchorName(d.Spec.Name)
+	anc, hasAnc, err := d.inspect(ctx, name)
+	if err != nil {
+		return err
+	}
+	if !hasAnc {
+		return fmt.Errorf("its anchor %s is gone: deploy a version instead", name)
+	}
+	if !anc.State.Running {
+		if err := d.Engine.ContainerStart(ctx, anc.ID, container.StartOptions{}); err != nil {
+			return fmt.Errorf("start the anchor %s: %w", name, err)
+		}
+	}
+	if container.NetworkMode(target.HostConfig.NetworkMode).ConnectedContainer() == anc.ID {
+		return nil
+	}
+	ins, err := d.Engine.ContainerInspect(ctx, target.ID)
+	if err != nil {
+		return err
+	}
+	cfg, host := ins.Config, ins.HostConfig
+	cfg.Hostname, cfg.Domainname, cfg.ExposedPorts = "", "", nil // the anchor's, in its namespace
+	host.NetworkMode = container.NetworkMode("container:" + anc.ID)
+	made, err := d.Engine.ContainerCreate(ctx, cfg, host, nil, nil, "")
+	if err != nil {
+		return fmt.Errorf("make %s again in the current anchor: %w", containerName(*target), err)
+	}
+	if err := d.Engine.ContainerRemove(ctx, target.ID, container.RemoveOptions{}); err != nil {
+		_ = d.Engine.ContainerRemove(ctx, made.ID, container.RemoveOptions{Force: true})
+		return fmt.Errorf("replace %s: %w", containerName(*target), err)
+	}
+	if err := d.Engine.ContainerRename(ctx, made.ID, containerName(*target)); err != nil {
+		return fmt.Errorf("rename the remade %s: %w", containerName(*target), err)
+	}
+	target.ID = made.ID
+	return nil
 }
 
 // sanitize makes a user name fit a container name.

@@ -45,7 +45,7 @@ func testDriver(t *testing.T, c *client.Client, port int) (*ContainerDriver, *by
 		Volumes: []string{name + "-data:/data"}, HealthURL: fmt.Sprintf("http://127.0.0.1:%d/health", port),
 		HealthTimeout: settings.Duration(5 * time.Second), StopTimeout: settings.Duration(2 * time.Second), Keep: 2,
 	}
-	d := &ContainerDriver{Env: name, Spec: spec, Engine: c, Creds: &Credentials{}, Out: &out}
+	d := &ContainerDriver{Env: name, Spec: spec, Engine: c, Creds: &Credentials{}, Out: &out, AnchorBinary: berthBinary(t)}
 	t.Cleanup(func() { removeEnv(c, d) })
 	return d, &out
 }
@@ -69,25 +69,46 @@ func get(t *testing.T, url string) string {
 }
 
 func TestContainerReplacementKeepsSpecAndServesNewVersion(t *testing.T) {
+	for _, tc := range []struct {
+		portsOn string
+		port    int
+	}{{settings.PortsOnAnchor, 6000}, {settings.PortsOnContainer, 16007}} {
+		t.Run(tc.portsOn, func(t *testing.T) { testReplacement(t, tc.portsOn, tc.port) })
+	}
+}
+
+func testReplacement(t *testing.T, portsOn string, port int) {
 	c := realEngine(t)
 	ctx := context.Background()
 	repo := testRegistry + "/berth-test/" + unique("web")
-	d, _ := testDriver(t, c, 6000)
+	d, _ := testDriver(t, c, port)
+	d.Spec.PortsOn = portsOn
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 
 	v1 := appImage(t, c, repo, "latest", "v1", true)
 	require.NoError(t, d.Deploy(ctx, v1), "first deploy where nothing runs")
-	assert.Equal(t, "app v1", get(t, "http://127.0.0.1:6000/"))
+	assert.Equal(t, "app v1", get(t, url))
 
 	v2 := appImage(t, c, repo, "latest", "v2", true)
 	require.NoError(t, d.Deploy(ctx, v2))
-	assert.Equal(t, "app v2", get(t, "http://127.0.0.1:6000/"))
+	assert.Equal(t, "app v2", get(t, url))
 
 	cur, err := c.ContainerInspect(ctx, d.Spec.Name)
 	require.NoError(t, err)
 	assert.Contains(t, cur.Config.Env, "EXTRA=1", "env kept")
 	require.Len(t, cur.Mounts, 1)
 	assert.Equal(t, "/data", cur.Mounts[0].Destination, "volume kept")
-	assert.Equal(t, "127.0.0.1", cur.HostConfig.PortBindings["5000/tcp"][0].HostIP, "ports kept")
+	published := cur
+	if portsOn == settings.PortsOnAnchor {
+		published, err = c.ContainerInspect(ctx, AnchorName(d.Spec.Name))
+		require.NoError(t, err)
+		assert.Equal(t, "container:"+published.ID, string(cur.HostConfig.NetworkMode), "joins its anchor")
+		assert.Equal(t, RoleAnchor, published.Config.Labels[executor.LabelRole])
+	} else {
+		_, err := c.ContainerInspect(ctx, AnchorName(d.Spec.Name))
+		assert.Error(t, err, "no anchor")
+	}
+	assert.Equal(t, "127.0.0.1", published.HostConfig.PortBindings["5000/tcp"][0].HostIP, "ports kept")
 	l := cur.Config.Labels
 	assert.Equal(t, v2.Digest, l[LabelDigest])
 	assert.Equal(t, "master", l[LabelRef])
@@ -119,7 +140,7 @@ func TestContainerReplacementKeepsSpecAndServesNewVersion(t *testing.T) {
 	rec, err := d.Rollback(ctx, "", "alice")
 	require.NoError(t, err)
 	assert.Less(t, time.Since(t0), 10*time.Second)
-	assert.Equal(t, "app v4", get(t, "http://127.0.0.1:6000/"))
+	assert.Equal(t, "app v4", get(t, url))
 	assert.Equal(t, "serving", rec.Result)
 	hist, err = d.History(ctx)
 	require.NoError(t, err)
@@ -128,7 +149,7 @@ func TestContainerReplacementKeepsSpecAndServesNewVersion(t *testing.T) {
 	// and --to a digest
 	_, err = d.Rollback(ctx, hist[len(hist)-1].Digest, "bob")
 	if err == nil {
-		assert.NotEqual(t, "app v4", get(t, "http://127.0.0.1:6000/"))
+		assert.NotEqual(t, "app v4", get(t, url))
 	}
 	_, err = d.Rollback(ctx, "sha256:nothing-like-this", "bob")
 	assert.ErrorContains(t, err, "no kept container")
@@ -280,4 +301,76 @@ func TestLockPullsItsImageFirst(t *testing.T) {
 	unlock()
 	_, err = d.Lock(ctx, Holder{Job: 8}, time.Second)
 	assert.ErrorContains(t, err, "no image on the target")
+}
+
+// The anchor follows berth.toml: made again on another port, put back when
+// the deploy that moved it fails, and retired when the ports move onto the
+// container.
+func TestAnchorFollowsThePorts(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("web")
+	d, out := testDriver(t, c, 16008)
+	anchor := AnchorName(d.Spec.Name)
+	onPort := func(port int) {
+		d.Spec.Ports = []string{fmt.Sprintf("127.0.0.1:%d:5000", port)}
+		d.Spec.HealthURL = fmt.Sprintf("http://127.0.0.1:%d/health", port)
+	}
+	refused := func(port int) bool {
+		_, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+		return err != nil
+	}
+	good := appImage(t, c, repo, "latest", "one", true)
+	require.NoError(t, d.Deploy(ctx, good))
+	first, err := c.ContainerInspect(ctx, anchor)
+	require.NoError(t, err)
+
+	onPort(16009)
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "two", true)))
+	assert.Equal(t, "app two", get(t, "http://127.0.0.1:16009/"))
+	assert.True(t, refused(16008), "the old port is free")
+	second, err := c.ContainerInspect(ctx, anchor)
+	require.NoError(t, err)
+	assert.NotEqual(t, first.ID, second.ID, "a new anchor")
+	_, err = c.ContainerInspect(ctx, anchor+"-old")
+	assert.Error(t, err, "the old anchor is gone")
+
+	// a failed deploy that would move the port puts the anchor back
+	onPort(16010)
+	err = d.Deploy(ctx, appImage(t, c, repo, "latest", "bad", false))
+	require.Error(t, err)
+	assert.Equal(t, "app two", get(t, "http://127.0.0.1:16009/"), "back on the old port")
+	assert.True(t, refused(16010))
+	back, err := c.ContainerInspect(ctx, anchor)
+	require.NoError(t, err)
+	assert.Equal(t, second.ID, back.ID)
+	assert.True(t, back.State.Running)
+
+	// rollback to a version made in the first anchor: made again in this one
+	onPort(16009)
+	_, err = d.Rollback(ctx, "", "carol")
+	require.NoError(t, err)
+	assert.Equal(t, "app one", get(t, "http://127.0.0.1:16009/"))
+
+	// ports onto the container: the anchor is retired
+	d.Spec.PortsOn = settings.PortsOnContainer
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "three", true)))
+	assert.Equal(t, "app three", get(t, "http://127.0.0.1:16009/"))
+	_, err = c.ContainerInspect(ctx, anchor)
+	assert.Error(t, err, "no anchor any more")
+	hist, err := d.History(ctx)
+	require.NoError(t, err)
+	assert.NotContains(t, fmt.Sprint(hist), "-net", "the anchor is not a deployment")
+	assert.NotContains(t, out.String(), "publishes its ports itself")
+}
+
+func TestAnchorNeedsAStaticBinary(t *testing.T) {
+	for _, tc := range []struct{ path, why string }{
+		{"/bin/sh", "dynamically linked"},
+		{"container_test.go", "not a Linux binary"},
+	} {
+		_, why, err := staticBinarySum(tc.path)
+		require.NoError(t, err)
+		assert.Contains(t, why, tc.why, tc.path)
+	}
 }

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -83,4 +85,31 @@ type natPort = nat.Port
 
 func portMap(ip, hostPort string, p nat.Port) nat.PortMap {
 	return nat.PortMap{p: []nat.PortBinding{{HostIP: ip, HostPort: hostPort}}}
+}
+
+var berthBuild struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// berthBinary builds cmd/berth once per test run, static, as the anchor
+// image's binary.
+func berthBinary(t *testing.T) string {
+	t.Helper()
+	berthBuild.once.Do(func() {
+		dir, err := os.MkdirTemp("", "berth-stages-test-")
+		if err != nil {
+			berthBuild.err = err
+			return
+		}
+		berthBuild.path = filepath.Join(dir, "berth")
+		cmd := exec.Command("go", "build", "-o", berthBuild.path, "../cmd/berth")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			berthBuild.err = fmt.Errorf("build berth: %v\n%s", err, out)
+		}
+	})
+	require.NoError(t, berthBuild.err)
+	return berthBuild.path
 }

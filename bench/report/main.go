@@ -134,7 +134,7 @@ func run(in io.Reader, out io.Writer, title string) error {
 	fmt.Fprintln(out, "- `DeployJob`: (a) a master deploy job through the runner: berth's native stage (build, push, health-gated")
 	fmt.Fprintln(out, "  replacement) against the shell lines `docker build`, `docker push`, `docker rm -f web`, `docker run -d -p 6000:5000`.")
 	fmt.Fprintln(out, "- `Outage`: (b) a prober on 127.0.0.1:6000 every 2 ms during one replacement: failed requests and the")
-	fmt.Fprintln(out, "  longest gap between two answered ones; berth's stop-old/start-new against `rm -f` + `run`.")
+	fmt.Fprintln(out, "  longest gap between two answered ones; berth's switch inside the anchor's namespace against `rm -f` + `run`.")
 	fmt.Fprintln(out, "- `Release`: (c) berth's registry-side promotion against `docker build` + `docker push` of the tag;")
 	fmt.Fprintln(out, "  `same-digest` is 1 when the tag's digest is the tested image's.")
 	fmt.Fprintln(out, "- `Rollback`: (d) back to the previous version until it answers: berth restarts the kept container;")

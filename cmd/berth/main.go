@@ -40,6 +40,7 @@ Operator commands:
   rollback ENV [--to TAG|DIGEST]
                          restore the previous version (or the given one)
   version                print berth's version
+  anchor                 hold an environment's ports (run by its NAME-net container)
 
 The config file is --config, else $BERTH_CONFIG, else /etc/gitlab-runner/berth.toml,
 else built-in defaults.

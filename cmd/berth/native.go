@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -72,7 +73,8 @@ func (a *app) driverOpener(out io.Writer, creds *stages.Credentials) func(string
 			if err != nil {
 				return nil, executor.Systemf("environment %s: %w", name, err)
 			}
-			return &stages.ContainerDriver{Env: name, Spec: env.Container, Engine: eng, Creds: creds, Out: out}, nil
+			self, _ := os.Executable() // the anchor image is made of it; without it, no anchor
+			return &stages.ContainerDriver{Env: name, Spec: env.Container, Engine: eng, Creds: creds, Out: out, AnchorBinary: self}, nil
 		default:
 			return nil, executor.Systemf("environment %s uses driver %s, which this berth does not have yet: deploy it with the container driver or a script for now", name, env.Driver)
 		}

@@ -100,7 +100,11 @@ protected = true
 	assert.Contains(t, tr, "no job container needed")
 	assert.NotContains(t, tr, "\nmust not run")
 	assert.Regexp(t, `berth: done in \S+: web runs 127\.0\.0\.1:5000/berth-e2e/\S+@sha256:[0-9a-f]{64} \(latest\)`, tr)
+	assert.NotContains(t, tr, "publishes its ports itself", "berth's own binary makes the anchor")
 	assert.Equal(t, "app v1", httpGet("http://127.0.0.1:6100/"))
+	anchor, err := exec.Command("docker", "inspect", "-f", "{{.State.Running}} {{json .HostConfig.PortBindings}}", web+"-net").CombinedOutput()
+	require.NoError(t, err, string(anchor))
+	assert.Contains(t, string(anchor), `true {"5000/tcp":[{"HostIp":"127.0.0.1","HostPort":"6100"}]}`, "the anchor publishes the port")
 
 	repo.commit("v2")
 	res = job("--ref", "master", "--stage", "deploy", "--image", "busybox:local", "--after-script", "echo after deploy: $CI_JOB_STATUS")

@@ -86,7 +86,9 @@ func findRig(dir string) rig {
 		return r
 	}
 	r.berth = filepath.Join(dir, "berth")
-	out, err := exec.Command("go", "build", "-o", r.berth, ".").CombinedOutput()
+	build := exec.Command("go", "build", "-o", r.berth, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as released: the anchor image is made of it
+	out, err := build.CombinedOutput()
 	if err != nil {
 		r.missing = "build berth: " + string(out)
 	}

@@ -100,7 +100,17 @@ type ContainerSpec struct {
 	StopTimeout   Duration `toml:"stop_timeout"`
 	// Keep is how many previous containers stay, stopped, for rollback.
 	Keep int `toml:"keep"`
+	// PortsOn is where the ports are published: "anchor" (a NAME-net
+	// container that the app's containers join, so a switch does not
+	// re-plumb the port) or "container" (the app's container itself).
+	PortsOn string `toml:"ports_on"`
 }
+
+// Values of ContainerSpec.PortsOn.
+const (
+	PortsOnAnchor    = "anchor"
+	PortsOnContainer = "container"
+)
 
 // DefaultStages are the built-in stage names.
 func DefaultStages() map[string]string {
@@ -158,6 +168,9 @@ func (s *Settings) applyDeployDefaults() {
 		if c.Keep == 0 {
 			c.Keep = 2
 		}
+		if c.PortsOn == "" {
+			c.PortsOn = PortsOnAnchor
+		}
 		s.Environments[name] = env
 	}
 	if s.Build.Dockerfile == "" {
@@ -209,6 +222,9 @@ func (s *Settings) validateDeploy() error {
 		}
 		if env.Container.Keep < 0 {
 			bad("environments."+name+".container.keep", "must not be negative")
+		}
+		if p := env.Container.PortsOn; p != PortsOnAnchor && p != PortsOnContainer {
+			bad("environments."+name+".container.ports_on", "%q is not a place (use anchor or container)", p)
 		}
 	}
 	return errors.Join(errs...)

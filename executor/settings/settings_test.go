@@ -43,6 +43,7 @@ func TestDecode(t *testing.T) {
 		{name: "flow with branch and tag", toml: "[[flows]]\nname = \"x\"\nbranch = \"a\"\ntag = \"b\"\nimage_tag = \"t\"\n", wantErr: []string{"flows[0] (x)", "exactly one"}},
 		{name: "flow with bad pattern", toml: "[[flows]]\nname = \"x\"\nbranch = \"(\"\nimage_tag = \"t\"\n", wantErr: []string{"bad pattern"}},
 		{name: "flow to unknown environment", toml: "[[flows]]\nname = \"x\"\nbranch = \"a\"\nimage_tag = \"t\"\nenvironment = \"moon\"\n", wantErr: []string{`environment "moon" is not defined`}},
+		{name: "bad ports_on", toml: "[environments.web]\ndriver = \"container\"\n[environments.web.container]\nports_on = \"roof\"\n", wantErr: []string{"environments.web.container.ports_on", "roof", "anchor or container"}},
 		{name: "bad driver", toml: "[environments.web]\ndriver = \"ftp\"\n", wantErr: []string{"environments.web.driver", "ftp"}},
 		{name: "flows replace the defaults, environments get defaults", toml: "[[flows]]\nname = \"all\"\nbranch = \".*\"\nimage_tag = \"{ref}\"\nenvironment = \"web\"\n[environments.web]\ndriver = \"container\"\n[environments.web.container]\nports = [\"127.0.0.1:6000:5000\"]\n",
 			check: func(t *testing.T, s Settings) {
@@ -50,6 +51,7 @@ func TestDecode(t *testing.T) {
 				web := s.Environments["web"]
 				assert.Equal(t, "web", web.Container.Name)
 				assert.Equal(t, 2, web.Container.Keep)
+				assert.Equal(t, PortsOnAnchor, web.Container.PortsOn)
 				assert.Equal(t, 10*time.Minute, web.LockTimeout.D())
 				assert.Equal(t, "deploy", s.Stages["deploy"])
 			}},
