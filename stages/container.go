@@ -54,8 +54,7 @@ type ContainerEngine interface {
 	ContainerExecCreate(ctx context.Context, id string, opts container.ExecOptions) (container.ExecCreateResponse, error)
 	ContainerExecAttach(ctx context.Context, id string, opts container.ExecAttachOptions) (types.HijackedResponse, error)
 	ContainerExecInspect(ctx context.Context, id string) (container.ExecInspect, error)
-	ImageInspect(ctx context.Context, ref string, opts ...client.ImageInspectOption) (image.InspectResponse, error)
-	ImagePull(ctx context.Context, ref string, opts image.PullOptions) (io.ReadCloser, error)
+	Puller
 	ImageImport(ctx context.Context, src image.ImportSource, ref string, opts image.ImportOptions) (io.ReadCloser, error)
 	ServerVersion(ctx context.Context) (types.Version, error)
 }
@@ -82,10 +81,10 @@ func (d *ContainerDriver) Lock(ctx context.Context, h Holder, timeout time.Durat
 	if h.Image == "" {
 		return nil, executor.Systemf("no image on the target to make the lock of %s from: deploy a version first", d.Env)
 	}
-	if err := d.pull(ctx, h.Image); err != nil {
+	if err := PullOnTarget(ctx, d.Engine, d.Creds, h.Image); err != nil {
 		return nil, err
 	}
-	return engineLock(ctx, d.Engine, d.Out, d.Env, h, timeout)
+	return EngineLock(ctx, d.Engine, d.Out, d.Env, h, timeout)
 }
 
 // Deploy: pull by digest, create the new container while the old one still
@@ -93,7 +92,7 @@ func (d *ContainerDriver) Lock(ctx context.Context, h Holder, timeout time.Durat
 // the new one is stopped and kept as failed, and everything the switch
 // changed is put back: the old one serves again.
 func (d *ContainerDriver) Deploy(ctx context.Context, r Release) error {
-	if err := d.pull(ctx, r.Image); err != nil {
+	if err := PullOnTarget(ctx, d.Engine, d.Creds, r.Image); err != nil {
 		return err
 	}
 	name := d.Spec.Name
@@ -305,15 +304,23 @@ func (d *ContainerDriver) stop(ctx context.Context, id string) error {
 	return nil
 }
 
-func (d *ContainerDriver) pull(ctx context.Context, ref string) error {
-	if _, err := d.Engine.ImageInspect(ctx, ref); err == nil {
+// Puller is what pulling an image on a target needs.
+type Puller interface {
+	ImageInspect(ctx context.Context, ref string, opts ...client.ImageInspectOption) (image.InspectResponse, error)
+	ImagePull(ctx context.Context, ref string, opts image.PullOptions) (io.ReadCloser, error)
+}
+
+// PullOnTarget makes ref present on a target engine, with the registry
+// credentials berth found for it.
+func PullOnTarget(ctx context.Context, eng Puller, creds *Credentials, ref string) error {
+	if _, err := eng.ImageInspect(ctx, ref); err == nil {
 		return nil
 	}
-	auth, _, err := d.Creds.Encoded(ref)
+	auth, _, err := creds.Encoded(ref)
 	if err != nil {
 		return err
 	}
-	rc, err := d.Engine.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: auth})
+	rc, err := eng.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: auth})
 	if err == nil {
 		err = drain(rc)
 	}

@@ -35,9 +35,9 @@ type LockEngine interface {
 	ContainerRemove(ctx context.Context, id string, opts container.RemoveOptions) error
 }
 
-// engineLock takes an environment's lock on a Docker engine: creating a
+// EngineLock takes an environment's lock on a Docker engine: creating a
 // named container is atomic, so the name is the lock. It is never started.
-func engineLock(ctx context.Context, eng LockEngine, out io.Writer, env string, h Holder, timeout time.Duration) (func(), error) {
+func EngineLock(ctx context.Context, eng LockEngine, out io.Writer, env string, h Holder, timeout time.Duration) (func(), error) {
 	name := LockName(env)
 	now := time.Now()
 	labels := map[string]string{
