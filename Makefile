@@ -6,8 +6,11 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 .PHONY: build test unit lint rig demo bench clean
 
+# berth, and beside it berth-compose, which only compose deploys run (it
+# links docker compose: a 5-minute first build, 40 ms to start).
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/berth
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(dir $(BIN))berth-compose ./cmd/berth-compose
 
 # Starts the rig (engine, registry, images, runner) and runs every test.
 test:

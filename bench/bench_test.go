@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 )
@@ -193,4 +194,28 @@ func BenchmarkTrivialJob(b *testing.B) {
 			}, nil)
 		})
 	}
+}
+
+// BenchmarkComposeHelper is what a compose deploy pays on top: starting
+// berth-compose (docker compose linked in) and loading a one-service
+// project. berth's own invocations do not link compose, so they do not pay it.
+func BenchmarkComposeHelper(b *testing.B) {
+	berth := os.Getenv("BERTH_BIN")
+	if berth == "" {
+		b.Skip("BERTH_BIN is not set: run make bench")
+	}
+	helper := filepath.Join(filepath.Dir(berth), "berth-compose")
+	dir := b.TempDir()
+	must(b, os.WriteFile(filepath.Join(dir, "compose.yaml"), []byte("services:\n  web:\n    image: web:local\n"), 0o644))
+	req := fmt.Sprintf(`{"project":"benchload","working_dir":%q,"list_only":true}`, dir)
+	b.Run("load/berth", func(b *testing.B) {
+		timed(b, nil, func(int) {
+			c := exec.Command(helper)
+			c.Stdin = strings.NewReader(req)
+			out, err := c.Output()
+			if err != nil || !strings.Contains(string(out), `"web":"web:local"`) {
+				b.Fatalf("berth-compose: %v: %s", err, out)
+			}
+		}, nil)
+	})
 }

@@ -11,7 +11,7 @@ export GLR_BIN BERTH_BIN=$root/bin/berth
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 count=${BENCH_COUNT:-3}
-go test -run '^$' -bench 'Invocation' -benchtime 15x -count "$count" ./bench | tee "$out"
+go test -run '^$' -bench 'Invocation|ComposeHelper' -benchtime 15x -count "$count" ./bench | tee "$out"
 go test -run '^$' -bench 'TrivialJob|DeployJob' -benchtime 5x -count "$count" ./bench | tee -a "$out"
 go test -run '^$' -bench 'Outage|Release|Rollback' -benchtime 5x -count "$count" ./bench | tee -a "$out"
 go run ./bench/report -title "Benchmarks" <"$out" >docs/BENCHMARKS.md

@@ -128,6 +128,8 @@ func run(in io.Reader, out io.Writer, title string) error {
 	fmt.Fprintln(out, "What each measure is:")
 	fmt.Fprintln(out, "- `Invocation/config`: `berth config` alone: read berth.toml and the job payload, print JSON.")
 	fmt.Fprintln(out, "- `Invocation/prepare`: network, job container started (image present).")
+	fmt.Fprintln(out, "- `ComposeHelper/load`: what a compose deploy pays on top: start berth-compose (docker compose linked")
+	fmt.Fprintln(out, "  in) and load a one-service project. berth itself does not link compose; no script counterpart.")
 	fmt.Fprintln(out, "- `Invocation/run-empty`: an empty `build_script` streamed into the job container.")
 	fmt.Fprintln(out, "- `Invocation/cleanup`: job container and network removed.")
 	fmt.Fprintln(out, "- `TrivialJob`: a whole `echo ok` test job through the real gitlab-runner, request to final state.")

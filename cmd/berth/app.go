@@ -150,7 +150,7 @@ func (a *app) executor() (*executor.Executor, error) {
 // engine is the Docker client for job containers: berth.toml's docker_host,
 // else DOCKER_HOST and friends, else the local socket.
 func (a *app) engine() (*client.Client, bool, error) {
-	c, err := dockerClient(a.settings.DockerHost)
+	c, err := executor.NewClient(a.settings.DockerHost)
 	if err != nil {
 		return nil, false, executor.Systemf("docker client: %w (check docker_host in berth.toml or DOCKER_HOST)", err)
 	}

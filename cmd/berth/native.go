@@ -11,35 +11,13 @@ import (
 	"time"
 
 	"github.com/distribution/reference"
-	"github.com/docker/cli/cli/connhelper"
 	"github.com/docker/docker/client"
 
+	"github.com/berthci/berth/compose"
 	"github.com/berthci/berth/executor"
 	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/stages"
 )
-
-// dockerClient connects to host: "" is DOCKER_HOST or the local socket,
-// ssh://user@host goes through docker's own connection helper (ssh running
-// `docker system dial-stdio` there, with sshOpts), tcp:// takes TLS from
-// DOCKER_CERT_PATH and DOCKER_TLS_VERIFY.
-func dockerClient(host string, sshOpts ...string) (*client.Client, error) {
-	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
-	if strings.HasPrefix(host, "ssh://") {
-		h, err := connhelper.GetConnectionHelperWithSSHOpts(host, sshOpts)
-		if err != nil {
-			return nil, fmt.Errorf("docker_host %s: %w", host, err)
-		}
-		opts = append(opts, client.WithHost(h.Host), client.WithDialContext(h.Dialer))
-	} else if host != "" {
-		opts = append(opts, client.WithHost(host))
-	}
-	c, err := client.NewClientWithOpts(opts...)
-	if err != nil {
-		return nil, fmt.Errorf("docker_host %q: %w", host, err)
-	}
-	return c, nil
-}
 
 // credentials are the registry logins in the issue's order of preference.
 func (a *app) credentials() *stages.Credentials {
@@ -57,28 +35,45 @@ func (a *app) credentials() *stages.Credentials {
 }
 
 // driverOpener opens environments' drivers, each on its own target engine.
-func (a *app) driverOpener(out io.Writer, creds *stages.Credentials) func(string) (stages.Driver, error) {
+// dir is where a compose environment's relative files are: the checked-out
+// sources in a job, the current directory for operator commands.
+func (a *app) driverOpener(out io.Writer, creds *stages.Credentials, dir string) func(string) (stages.Driver, error) {
 	return func(name string) (stages.Driver, error) {
 		env, ok := a.settings.Environments[name]
 		if !ok {
 			return nil, executor.Systemf("no environment %q in berth.toml", name)
 		}
-		switch env.Driver {
-		case settings.DriverContainer:
-			host := env.DockerHost
-			if host == "" {
-				host = a.settings.DockerHost
-			}
-			eng, err := dockerClient(host, env.SSHOptions...)
-			if err != nil {
-				return nil, executor.Systemf("environment %s: %w", name, err)
-			}
-			self, _ := os.Executable() // the anchor image is made of it; without it, no anchor
-			return &stages.ContainerDriver{Env: name, Spec: env.Container, Engine: eng, Creds: creds, Out: out, AnchorBinary: self}, nil
-		default:
-			return nil, executor.Systemf("environment %s uses driver %s, which this berth does not have yet: deploy it with the container driver or a script for now", name, env.Driver)
+		host := env.DockerHost
+		if host == "" {
+			host = a.settings.DockerHost
 		}
+		switch env.Driver {
+		case settings.DriverContainer, settings.DriverCompose:
+		default:
+			return nil, executor.Systemf("environment %s uses driver %s, which this berth does not have yet: deploy it with another driver or a script for now", name, env.Driver)
+		}
+		eng, err := executor.NewClient(host, env.SSHOptions...)
+		if err != nil {
+			return nil, executor.Systemf("environment %s: %w", name, err)
+		}
+		if env.Driver == settings.DriverCompose {
+			helper, err := compose.FindHelper()
+			if err != nil {
+				return nil, err
+			}
+			return &compose.Driver{Env: name, Spec: env.Compose, DockerHost: host, SSHOptions: env.SSHOptions,
+				Engine: eng, Apply: helper, Creds: creds, Out: out, Dir: dir}, nil
+		}
+		self, _ := os.Executable() // the anchor image is made of it; without it, no anchor
+		return &stages.ContainerDriver{Env: name, Spec: env.Container, Engine: eng, Creds: creds, Out: out, AnchorBinary: self}, nil
 	}
+}
+
+// workDir is the current directory, where operator commands find a compose
+// environment's relative files.
+func workDir() string {
+	d, _ := os.Getwd()
+	return d
 }
 
 // plan is the job's (stage, ref) plan.
@@ -105,7 +100,7 @@ func (a *app) wireNative(ex *executor.Executor, eng *client.Client) error {
 			Plan: p, Settings: a.settings, Job: a.job, ProjectDir: dir, Out: ex.Out,
 			Images:   &stages.Images{Engine: eng, Creds: creds, Out: ex.Out, Retries: a.settings.Registry.Retries, Sleep: sleep},
 			Registry: &stages.Registry{Creds: creds, Out: ex.Out, Retries: a.settings.Registry.Retries, Sleep: sleep},
-			Driver:   a.driverOpener(ex.Out, creds),
+			Driver:   a.driverOpener(ex.Out, creds, dir),
 		}
 		return n.Run(ctx)
 	}
@@ -133,7 +128,7 @@ func (a *app) history(ctx context.Context, args []string) error {
 	if err := a.loadSettings(); err != nil {
 		return err
 	}
-	d, err := a.driverOpener(a.stdout, a.credentials())(args[0])
+	d, err := a.driverOpener(a.stdout, a.credentials(), workDir())(args[0])
 	if err != nil {
 		return err
 	}
@@ -174,7 +169,7 @@ func (a *app) rollback(ctx context.Context, args []string) error {
 	}
 	start := time.Now()
 	by := a.getenv("USER")
-	rec, err := stages.Rollback(ctx, a.driverOpener(a.stdout, a.credentials()), a.settings, env, to, by, 0, 0, time.Hour, a.stdout)
+	rec, err := stages.Rollback(ctx, a.driverOpener(a.stdout, a.credentials(), workDir()), a.settings, env, to, by, 0, 0, time.Hour, a.stdout)
 	if err != nil {
 		return err
 	}

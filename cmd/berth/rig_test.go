@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -222,4 +223,23 @@ var tracePrefix = regexp.MustCompile(`(?m)^\S+Z \d\d[OE]\+? ?`)
 // traceLines is the trace as a user reads it, one output line per line.
 func traceLines(trace string) string {
 	return tracePrefix.ReplaceAllString(trace, "")
+}
+
+var composeBuild struct {
+	once sync.Once
+	err  error
+}
+
+// withComposeHelper builds berth-compose beside the berth under test, where
+// berth looks for it; the first build links docker compose (minutes).
+func (r *rig) withComposeHelper(t *testing.T) {
+	t.Helper()
+	composeBuild.once.Do(func() {
+		build := exec.Command("go", "build", "-o", filepath.Join(filepath.Dir(r.berth), "berth-compose"), "../berth-compose")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			composeBuild.err = fmt.Errorf("build berth-compose: %v\n%s", err, out)
+		}
+	})
+	require.NoError(t, composeBuild.err)
 }

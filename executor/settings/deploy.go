@@ -80,6 +80,26 @@ type Environment struct {
 	// ["-i", "/etc/gitlab-runner/deploy_key"].
 	SSHOptions []string      `toml:"ssh_options"`
 	Container  ContainerSpec `toml:"container"`
+	Compose    ComposeSpec   `toml:"compose"`
+}
+
+// ComposeSpec is a `compose` environment: the team's own compose project,
+// some of whose services take the new image.
+type ComposeSpec struct {
+	// Files are relative to the checked-out sources (to the current
+	// directory for berth history/rollback), or absolute on the runner
+	// host; empty is compose's own lookup (compose.yaml, ...).
+	Files []string `toml:"files"`
+	// Project is the compose project name; default the environment's name.
+	Project string `toml:"project"`
+	// Services take the new image; empty means every service whose image
+	// is the registry image.
+	Services    []string `toml:"services"`
+	EnvFiles    []string `toml:"env_files"`
+	Profiles    []string `toml:"profiles"`
+	WaitTimeout Duration `toml:"wait_timeout"`
+	// Keep is how many earlier deployments the history remembers.
+	Keep int `toml:"keep"`
 }
 
 // ContainerSpec renders the one container of a `container` environment.
@@ -171,6 +191,15 @@ func (s *Settings) applyDeployDefaults() {
 		if c.PortsOn == "" {
 			c.PortsOn = PortsOnAnchor
 		}
+		if env.Compose.Project == "" {
+			env.Compose.Project = name
+		}
+		if env.Compose.WaitTimeout == 0 {
+			env.Compose.WaitTimeout = Duration(2 * time.Minute)
+		}
+		if env.Compose.Keep == 0 {
+			env.Compose.Keep = 10
+		}
 		s.Environments[name] = env
 	}
 	if s.Build.Dockerfile == "" {
@@ -222,6 +251,9 @@ func (s *Settings) validateDeploy() error {
 		}
 		if env.Container.Keep < 0 {
 			bad("environments."+name+".container.keep", "must not be negative")
+		}
+		if env.Compose.Keep < 0 {
+			bad("environments."+name+".compose.keep", "must not be negative")
 		}
 		if p := env.Container.PortsOn; p != PortsOnAnchor && p != PortsOnContainer {
 			bad("environments."+name+".container.ports_on", "%q is not a place (use anchor or container)", p)

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// develop deploys itself to a compose integration environment: the team's
+// compose file from the repository, the app service on the new digest.
+func TestE2EDevelopDeploysToCompose(t *testing.T) {
+	r := needRig(t)
+	r.withComposeHelper(t)
+	project := fmt.Sprintf("berthe2e%d", time.Now().UnixNano()%1e8)
+	image := "127.0.0.1:5000/berth-e2e/" + project
+	repo := newAppRepo(t)
+	require.NoError(t, os.WriteFile(filepath.Join(repo.dir, "compose.yaml"), []byte(fmt.Sprintf(`services:
+  web:
+    image: %s:develop
+    ports: ["127.0.0.1:6103:5000"]
+    depends_on: [db]
+  db:
+    image: busybox:local
+    command: ["sleep", "1000000"]
+`, image)), 0o644))
+	repo.commit("dev1")
+	repo.git("checkout", "-qb", "develop")
+	t.Cleanup(func() {
+		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+project).Output()
+		for _, id := range strings.Fields(string(out)) {
+			_ = exec.Command("docker", "rm", "-f", id).Run()
+		}
+		_ = exec.Command("docker", "network", "rm", project+"_default").Run()
+	})
+	toml := writeTOML(t, defaultTOML+fmt.Sprintf(`
+[registry]
+image = %q
+
+[environments.integration]
+driver = "compose"
+[environments.integration.compose]
+project = %q
+wait_timeout = "30s"
+`, image, project))
+
+	for _, version := range []string{"dev1", "dev2"} {
+		if version != "dev1" {
+			repo.commit(version)
+		}
+		res := r.runJob(t, toml, "--repo", repo.dir, "--ref", "develop", "--stage", "deploy", "--image", "busybox:local")
+		tr := traceLines(res.Trace)
+		require.Equal(t, "success", res.State, tr)
+		assert.Contains(t, tr, "berth: integration: compose up, project "+project+", web on develop\n")
+		assert.Contains(t, tr, "berth: integration: up and running in ")
+		assert.Regexp(t, `berth: done in \S+: integration runs \S+@sha256:[0-9a-f]{64} \(develop\)`, tr)
+		assert.Equal(t, "app "+version, httpGet("http://127.0.0.1:6103/"))
+		r.requireNothingLeft(t, res.JobID)
+	}
+
+	out, err := exec.Command(r.berth, "--config", toml, "history", "integration").CombinedOutput()
+	require.NoError(t, err, string(out))
+	assert.Contains(t, string(out), "serving")
+	assert.Contains(t, string(out), "replaced")
+}

@@ -1,0 +1,181 @@
+// Package apply runs docker compose as a library for berth-compose: load the
+// project as the CLI would, point services at images, up, wait. It is the
+// only package that links compose; see package compose for why.
+package apply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/docker/cli/cli/command"
+	"github.com/docker/cli/cli/flags"
+	"github.com/docker/compose/v2/pkg/api"
+	composesvc "github.com/docker/compose/v2/pkg/compose"
+	"github.com/docker/compose/v2/pkg/progress"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/berthci/berth/compose"
+)
+
+// Service is a compose service bound to one engine.
+type Service struct {
+	compose api.Compose
+	engine  client.APIClient
+}
+
+// New connects to the engine c (built by the caller, with berth's ssh
+// options) through a docker CLI object, as compose wants one.
+func New(c client.APIClient) (*Service, error) {
+	progress.Mode = progress.ModeQuiet // berth prints its own lines
+	dcli, err := command.NewDockerCli(command.WithAPIClient(c), command.WithCombinedStreams(io.Discard), command.WithInputStream(io.NopCloser(strings.NewReader(""))))
+	if err != nil {
+		return nil, err
+	}
+	if err := dcli.Initialize(flags.NewClientOptions()); err != nil {
+		return nil, err
+	}
+	return &Service{compose: composesvc.NewComposeService(dcli), engine: c}, nil
+}
+
+// Apply runs one request; a failure of the project is a Result with
+// class build, an error only a failure to talk to the engine.
+func (s *Service) Apply(ctx context.Context, req compose.Request) (compose.Result, error) {
+	project, err := Load(ctx, req)
+	if err != nil {
+		return compose.Result{Error: err.Error(), Class: "build"}, nil
+	}
+	if req.ListOnly {
+		res := compose.Result{Services: map[string]string{}}
+		for name, svc := range project.Services {
+			res.Services[name] = svc.Image
+		}
+		return res, nil
+	}
+	for name, img := range req.Images {
+		svc, ok := project.Services[name]
+		if !ok {
+			return compose.Result{Error: fmt.Sprintf("project %s has no service %q (check environments.*.compose.services and profiles)", project.Name, name), Class: "build"}, nil
+		}
+		svc.Image = img
+		for k, v := range req.Labels[name] {
+			if svc.Labels == nil {
+				svc.Labels = types.Labels{}
+			}
+			svc.Labels[k] = v
+		}
+		project.Services[name] = svc
+	}
+	timeout := req.WaitTimeout
+	err = s.compose.Up(ctx, project, api.UpOptions{
+		Create: api.CreateOptions{Recreate: api.RecreateDiverged, RecreateDependencies: api.RecreateDiverged, Inherit: true, QuietPull: true, AssumeYes: true},
+		Start:  api.StartOptions{Project: project, Wait: true, WaitTimeout: timeout},
+	})
+	if err == nil {
+		return compose.Result{}, nil
+	}
+	if ctx.Err() != nil {
+		return compose.Result{}, ctx.Err()
+	}
+	res := compose.Result{Error: fmt.Sprintf("project %s did not come up: %v", project.Name, err), Class: "build"}
+	res.Failing, res.Logs = s.failing(ctx, project.Name)
+	return res, nil
+}
+
+// Load reads the project as `docker compose` does: files, .env and env
+// files from the working dir, interpolation, profiles, and the
+// com.docker.compose.* labels that the CLI sets, so that `docker compose`
+// by hand sees the same project.
+func Load(ctx context.Context, req compose.Request) (*types.Project, error) {
+	abs := func(paths []string) []string {
+		out := make([]string, len(paths))
+		for i, p := range paths {
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(req.WorkingDir, p)
+			}
+			out[i] = p
+		}
+		return out
+	}
+	files, envFiles := abs(req.Files), abs(req.EnvFiles)
+	opts, err := cli.NewProjectOptions(files,
+		cli.WithWorkingDirectory(req.WorkingDir),
+		cli.WithOsEnv,
+		cli.WithEnvFiles(envFiles...),
+		cli.WithDotEnv,
+		cli.WithDefaultConfigPath,
+		cli.WithDefaultProfiles(req.Profiles...),
+		cli.WithName(req.Project),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("compose project %s: %w", req.Project, err)
+	}
+	project, err := opts.LoadProject(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load compose project %s from %s: %w", req.Project, req.WorkingDir, err)
+	}
+	for name, s := range project.Services {
+		s.CustomLabels = map[string]string{
+			api.ProjectLabel:     project.Name,
+			api.ServiceLabel:     name,
+			api.VersionLabel:     api.ComposeVersion,
+			api.WorkingDirLabel:  project.WorkingDir,
+			api.ConfigFilesLabel: strings.Join(project.ComposeFiles, ","),
+			api.OneoffLabel:      "False",
+		}
+		if len(envFiles) > 0 {
+			s.CustomLabels[api.EnvironmentFileLabel] = strings.Join(envFiles, ",")
+		}
+		project.Services[name] = s
+	}
+	return project.WithoutUnnecessaryResources(), nil
+}
+
+// failing finds a service whose container is not running, or not healthy,
+// and its last log lines.
+func (s *Service) failing(ctx context.Context, project string) (string, string) {
+	ps, err := s.compose.Ps(ctx, project, api.PsOptions{All: true})
+	if err != nil {
+		return "", ""
+	}
+	for _, c := range ps {
+		if c.State == "running" && (c.Health == "" || c.Health == "healthy") {
+			continue
+		}
+		return c.Service, s.tail(ctx, c.ID, 20)
+	}
+	return "", ""
+}
+
+func (s *Service) tail(ctx context.Context, id string, n int) string {
+	rc, err := s.engine.ContainerLogs(ctx, id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: fmt.Sprint(n)})
+	if err != nil {
+		return ""
+	}
+	defer rc.Close()
+	var b strings.Builder
+	if _, err := stdcopy.StdCopy(&b, &b, rc); err != nil && !errors.Is(err, io.EOF) {
+		return b.String()
+	}
+	return b.String()
+}
+
+// Ps is what `docker compose -p project ps -a` lists: each service's state.
+func (s *Service) Ps(ctx context.Context, project string) (map[string]string, error) {
+	ps, err := s.compose.Ps(ctx, project, api.PsOptions{All: true})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, c := range ps {
+		out[c.Service] = c.State
+	}
+	return out, nil
+}

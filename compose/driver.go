@@ -1,0 +1,276 @@
+package compose
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/distribution/reference"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+
+	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/settings"
+	"github.com/berthci/berth/stages"
+)
+
+// Compose's own labels, which `docker compose ps` reads too.
+const (
+	labelProject = "com.docker.compose.project"
+	labelService = "com.docker.compose.service"
+)
+
+// Engine is what the driver needs from the target engine itself.
+type Engine interface {
+	stages.LockEngine
+	stages.Puller
+	ContainerList(ctx context.Context, opts container.ListOptions) ([]container.Summary, error)
+}
+
+// Driver deploys to a compose project on a Docker host.
+type Driver struct {
+	Env        string
+	Spec       settings.ComposeSpec
+	DockerHost string
+	SSHOptions []string
+	Engine     Engine
+	Apply      Applier
+	Creds      *stages.Credentials
+	Out        io.Writer
+	// Dir is where relative compose files are: the checked-out sources in
+	// a job, the current directory for operator commands.
+	Dir string
+}
+
+var _ stages.Driver = (*Driver)(nil)
+
+// Lock is the same lock as the container driver's, on the target engine.
+func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duration) (func(), error) {
+	if h.Image == "" {
+		return nil, executor.Systemf("no image on the target to make the lock of %s from: deploy a version first", d.Env)
+	}
+	if err := stages.PullOnTarget(ctx, d.Engine, d.Creds, h.Image); err != nil {
+		return nil, err
+	}
+	return stages.EngineLock(ctx, d.Engine, d.Out, d.Env, h, timeout)
+}
+
+// Deploy points the services at the release by digest and brings the
+// project up; when it does not come up, the previous digest goes back.
+func (d *Driver) Deploy(ctx context.Context, r stages.Release) error {
+	if err := stages.PullOnTarget(ctx, d.Engine, d.Creds, r.Image); err != nil {
+		return err
+	}
+	services, err := d.services(ctx, r.Image)
+	if err != nil {
+		return err
+	}
+	cur, running, err := d.state(ctx, services)
+	if err != nil {
+		return err
+	}
+	next := cur.then(entryOf(r), "replaced")
+	if !running {
+		next = state{current: entryOf(r), earlier: cur.earlier}
+	}
+	return d.switchTo(ctx, services, next, cur, running, r.Tag)
+}
+
+// switchTo brings the project up at next; on failure back at cur.
+func (d *Driver) switchTo(ctx context.Context, services []string, next, cur state, hadCur bool, what string) error {
+	t := time.Now()
+	fmt.Fprintf(d.Out, "berth: %s: compose up, project %s, %s on %s\n", d.Env, d.Spec.Project, strings.Join(services, ", "), orImage(next.current.Tag, next.current.Image))
+	res, err := d.Apply.Apply(ctx, d.request(services, next))
+	if err != nil {
+		return err
+	}
+	if res.Error == "" {
+		fmt.Fprintf(d.Out, "berth: %s: up and running in %s\n", d.Env, time.Since(t).Round(time.Millisecond))
+		return nil
+	}
+	if res.Class != "build" {
+		return res.Err()
+	}
+	failure := res.Error
+	if res.Logs != "" {
+		failure += fmt.Sprintf("\nLast log lines of %s:\n%s", res.Failing, strings.TrimRight(res.Logs, "\n"))
+	}
+	if !hadCur {
+		return executor.Buildf("%s: %s (%s) did not come up: %s\nnothing ran before, so nothing serves now.", d.Env, d.Spec.Project, what, failure)
+	}
+	fmt.Fprintf(d.Out, "berth: %s: %s did not come up; putting %s back\n", d.Env, what, cur.current.Image)
+	failed := cur
+	failedEntry := next.current
+	failedEntry.Result = "failed, previous restored"
+	failed.earlier = append([]entry{failedEntry}, cur.earlier...)
+	back, err := d.Apply.Apply(context.WithoutCancel(ctx), d.request(services, failed))
+	if err == nil {
+		err = back.Err()
+	}
+	if err != nil {
+		return executor.Systemf("%s: %s did not come up (%s), and putting the previous digest back failed too: %v", d.Env, what, failure, err)
+	}
+	return executor.Buildf("%s: %s did not come up: %s\nThe previous digest (%s) serves again.", d.Env, what, failure, cur.current.Image)
+}
+
+func (d *Driver) request(services []string, s state) Request {
+	req := Request{
+		DockerHost: d.DockerHost, SSHOptions: d.SSHOptions, Project: d.Spec.Project, WorkingDir: d.Dir,
+		Files: d.Spec.Files, EnvFiles: d.Spec.EnvFiles, Profiles: d.Spec.Profiles, WaitTimeout: d.Spec.WaitTimeout.D(),
+		Images: map[string]string{}, Labels: map[string]map[string]string{},
+	}
+	for _, svc := range services {
+		req.Images[svc] = s.current.Image
+		req.Labels[svc] = s.labels(d.Env, d.Spec.Keep)
+	}
+	return req
+}
+
+// services are the ones that take the release: from berth.toml, else those
+// whose image is the release's repository.
+func (d *Driver) services(ctx context.Context, image string) ([]string, error) {
+	if len(d.Spec.Services) > 0 {
+		return d.Spec.Services, nil
+	}
+	res, err := d.Apply.Apply(ctx, Request{
+		DockerHost: d.DockerHost, SSHOptions: d.SSHOptions, Project: d.Spec.Project, WorkingDir: d.Dir,
+		Files: d.Spec.Files, EnvFiles: d.Spec.EnvFiles, Profiles: d.Spec.Profiles, ListOnly: true,
+	})
+	if err == nil {
+		err = res.Err()
+	}
+	if err != nil {
+		return nil, err
+	}
+	repo := repository(image)
+	var out []string
+	for svc, img := range res.Services {
+		if repository(img) == repo {
+			out = append(out, svc)
+		}
+	}
+	sort.Strings(out)
+	if len(out) == 0 {
+		return nil, executor.Buildf("%s: no service of project %s uses %s: name the ones that take it in environments.%s.compose.services", d.Env, d.Spec.Project, repo, d.Env)
+	}
+	return out, nil
+}
+
+func repository(image string) string {
+	n, err := reference.ParseNormalizedNamed(image)
+	if err != nil {
+		return image
+	}
+	return n.Name()
+}
+
+// state reads the environment from the newest container of the first
+// service that takes the release; running says whether one exists.
+func (d *Driver) state(ctx context.Context, services []string) (state, bool, error) {
+	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
+		filters.Arg("label", labelProject+"="+d.Spec.Project), filters.Arg("label", labelService+"="+services[0]))})
+	if err != nil {
+		return state{}, false, executor.Systemf("list the containers of project %s: %w", d.Spec.Project, err)
+	}
+	if len(list) == 0 {
+		return state{}, false, nil
+	}
+	sort.Slice(list, func(i, k int) bool { return list[i].Created > list[k].Created })
+	return stateOf(list[0].Labels, list[0].Image), true, nil
+}
+
+// Rollback brings back the newest earlier deployment that did not fail, or
+// the one whose tag or digest is to.
+func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, error) {
+	services, err := d.rollbackServices(ctx)
+	if err != nil {
+		return stages.Record{}, err
+	}
+	cur, ok, err := d.state(ctx, services)
+	if err != nil {
+		return stages.Record{}, err
+	}
+	if !ok {
+		return stages.Record{}, executor.Buildf("%s: project %s runs nothing: deploy a version first", d.Env, d.Spec.Project)
+	}
+	var target *entry
+	for i, e := range cur.earlier {
+		if strings.HasPrefix(e.Result, "failed") || e.Image == cur.current.Image {
+			continue
+		}
+		if to == "" || e.Tag == to || e.Digest == to || strings.HasSuffix(e.Image, "@"+to) {
+			target = &cur.earlier[i]
+			break
+		}
+	}
+	if target == nil {
+		what := "an earlier version"
+		if to != "" {
+			what = to
+		}
+		return stages.Record{}, executor.Buildf("the history of %s holds no %s to roll back to (berth history %s lists it): deploy it instead", d.Env, what, d.Env)
+	}
+	if err := stages.PullOnTarget(ctx, d.Engine, d.Creds, target.Image); err != nil {
+		return stages.Record{}, err
+	}
+	back := *target
+	back.Result, back.Time = "", time.Now().UTC()
+	next := cur.then(back, "rolled back by "+by)
+	if err := d.switchTo(ctx, services, next, cur, true, "rollback to "+orImage(back.Tag, back.Image)); err != nil {
+		return stages.Record{}, err
+	}
+	return back.record("serving"), nil
+}
+
+// rollbackServices are the services that took releases: from berth.toml,
+// else those carrying berth's labels.
+func (d *Driver) rollbackServices(ctx context.Context) ([]string, error) {
+	if len(d.Spec.Services) > 0 {
+		return d.Spec.Services, nil
+	}
+	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
+		filters.Arg("label", labelProject+"="+d.Spec.Project), filters.Arg("label", stages.LabelEnv+"="+d.Env))})
+	if err != nil {
+		return nil, executor.Systemf("list the containers of project %s: %w", d.Spec.Project, err)
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, c := range list {
+		if s := c.Labels[labelService]; !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	sort.Strings(out)
+	if len(out) == 0 {
+		return nil, executor.Buildf("%s: no container of project %s was deployed by berth", d.Env, d.Spec.Project)
+	}
+	return out, nil
+}
+
+// History is the current deployment and the earlier ones, newest first.
+func (d *Driver) History(ctx context.Context) ([]stages.Record, error) {
+	services, err := d.rollbackServices(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cur, ok, err := d.state(ctx, services)
+	if err != nil || !ok {
+		return nil, err
+	}
+	recs := []stages.Record{cur.current.record("serving")}
+	for _, e := range cur.earlier {
+		recs = append(recs, e.record(""))
+	}
+	return recs, nil
+}
+
+func orImage(tag, image string) string {
+	if tag != "" {
+		return tag
+	}
+	return image
+}

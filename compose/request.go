@@ -1,0 +1,56 @@
+// Package compose is the `compose` environment driver: the team's own
+// compose project on a Docker host, some of whose services take each new
+// release by digest.
+//
+// docker compose as a library costs ~40 ms of package init per process, so
+// it lives in its own binary, berth-compose (package compose/apply), which
+// this package runs for the one step that needs it: bring the project up and
+// wait. Everything else (lock, records, history, rollback target) is plain
+// Engine API here, so berth's other invocations stay fast.
+package compose
+
+import (
+	"context"
+	"time"
+)
+
+// Request asks berth-compose to bring a project up with some services on
+// given images, and wait until it runs.
+type Request struct {
+	DockerHost string   `json:"docker_host,omitempty"`
+	SSHOptions []string `json:"ssh_options,omitempty"`
+
+	Project    string   `json:"project"`
+	WorkingDir string   `json:"working_dir"` // where relative files, env files and .env are found
+	Files      []string `json:"files,omitempty"`
+	EnvFiles   []string `json:"env_files,omitempty"`
+	Profiles   []string `json:"profiles,omitempty"`
+
+	// Images and Labels of the services that take the release.
+	Images      map[string]string            `json:"images"`
+	Labels      map[string]map[string]string `json:"labels,omitempty"`
+	WaitTimeout time.Duration                `json:"wait_timeout"`
+
+	// ListOnly loads the project and reports its services and images,
+	// changing nothing.
+	ListOnly bool `json:"list_only,omitempty"`
+}
+
+// Result is berth-compose's answer.
+type Result struct {
+	// Error is why the project did not come up (or did not load); empty on
+	// success. Class is "build" for the project's own fault, else "system".
+	Error string `json:"error,omitempty"`
+	Class string `json:"class,omitempty"`
+	// Failing is the service that did not come up, and Logs its last lines.
+	Failing string `json:"failing,omitempty"`
+	Logs    string `json:"logs,omitempty"`
+	// Services maps each service of the project to its image (ListOnly).
+	Services map[string]string `json:"services,omitempty"`
+}
+
+// Applier runs a Request: the berth-compose binary (Helper), or
+// compose/apply in process (tests).
+type Applier interface {
+	Apply(ctx context.Context, req Request) (Result, error)
+}
