@@ -45,6 +45,7 @@ func (h Helper) Apply(ctx context.Context, req Request) (Result, error) {
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, h.Path)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(in), &stdout, &stderr
+	cmd.Env = helperEnv(os.Environ())
 	runErr := cmd.Run()
 	var res Result
 	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
@@ -65,4 +66,20 @@ func (r Result) Err() error {
 		return executor.Buildf("%s", r.Error)
 	}
 	return executor.Systemf("%s", r.Error)
+}
+
+// helperEnv is what berth-compose gets of berth's environment: what reaching
+// an engine needs, never the runner's CUSTOM_ENV_* job variables, which hold
+// the job token and masked variables and which interpolation would otherwise
+// carry into the project.
+func helperEnv(environ []string) []string {
+	keep := map[string]bool{"PATH": true, "HOME": true, "USER": true, "TMPDIR": true, "SSH_AUTH_SOCK": true,
+		"DOCKER_HOST": true, "DOCKER_CONFIG": true, "DOCKER_CERT_PATH": true, "DOCKER_TLS_VERIFY": true, "DOCKER_API_VERSION": true}
+	var out []string
+	for _, kv := range environ {
+		if k, _, _ := strings.Cut(kv, "="); keep[k] {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
