@@ -58,6 +58,16 @@ func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duratio
 	return stages.EngineLock(ctx, d.Engine, d.Out, d.Env, h, timeout)
 }
 
+// LockImage is the image of a container berth deployed in the project.
+func (d *Driver) LockImage(ctx context.Context) string {
+	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
+		filters.Arg("label", labelProject+"="+d.Spec.Project), filters.Arg("label", stages.LabelEnv+"="+d.Env))})
+	if err != nil || len(list) == 0 {
+		return ""
+	}
+	return list[0].ImageID
+}
+
 // Deploy points the services at the release by digest and brings the
 // project up; when it does not come up, the previous digest goes back.
 func (d *Driver) Deploy(ctx context.Context, r stages.Release) error {

@@ -304,6 +304,17 @@ func (d *ContainerDriver) stop(ctx context.Context, id string) error {
 	return nil
 }
 
+// LockImage is the serving container's image, else a kept one's.
+func (d *ContainerDriver) LockImage(ctx context.Context) string {
+	if c, err := d.Engine.ContainerInspect(ctx, d.Spec.Name); err == nil {
+		return c.Image
+	}
+	if kept, err := d.kept(ctx); err == nil && len(kept) > 0 {
+		return kept[0].ImageID
+	}
+	return ""
+}
+
 // Puller is what pulling an image on a target needs.
 type Puller interface {
 	ImageInspect(ctx context.Context, ref string, opts ...client.ImageInspectOption) (image.InspectResponse, error)

@@ -290,18 +290,17 @@ func Rollback(ctx context.Context, open func(string) (Driver, error), s *setting
 	return d.Rollback(ctx, to, by)
 }
 
-// lockImage is an image present at a container target, for the lock
-// container: the serving one's, else a kept one's. Other drivers ignore it.
+// LockImager is a driver whose lock is a container on an engine: it names
+// an image present there to make the lock of.
+type LockImager interface {
+	LockImage(ctx context.Context) string
+}
+
+// lockImage is an image present at the target for a rollback's lock, where
+// the driver needs one.
 func lockImage(ctx context.Context, d Driver) string {
-	cd, ok := d.(*ContainerDriver)
-	if !ok {
-		return ""
-	}
-	if c, err := cd.Engine.ContainerInspect(ctx, cd.Spec.Name); err == nil {
-		return c.Image
-	}
-	if kept, err := cd.kept(ctx); err == nil && len(kept) > 0 {
-		return kept[0].ImageID
+	if li, ok := d.(LockImager); ok {
+		return li.LockImage(ctx)
 	}
 	return ""
 }

@@ -122,7 +122,11 @@ func run(in io.Reader, out io.Writer, title string) error {
 			}
 		}
 		measure, unit, _ := strings.Cut(row, " ")
-		fmt.Fprintf(out, "| %s | %s | %.1f | %.1f | %s | %s | %s |\n", measure, unit, berth, bash, ratio, g.text, met)
+		script := "-" // a measure with no script counterpart
+		if len(samples[row]["bash"]) > 0 {
+			script = fmt.Sprintf("%.1f", bash)
+		}
+		fmt.Fprintf(out, "| %s | %s | %.1f | %s | %s | %s | %s |\n", measure, unit, berth, script, ratio, g.text, met)
 	}
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "What each measure is:")

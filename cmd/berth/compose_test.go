@@ -68,4 +68,12 @@ wait_timeout = "30s"
 	require.NoError(t, err, string(out))
 	assert.Contains(t, string(out), "serving")
 	assert.Contains(t, string(out), "replaced")
+
+	// rollback by hand, from a checkout of the project (its compose.yaml)
+	rb := exec.Command(r.berth, "--config", toml, "rollback", "integration")
+	rb.Dir = repo.dir
+	out, err = rb.CombinedOutput()
+	require.NoError(t, err, string(out))
+	assert.Contains(t, string(out), "integration rolled back in")
+	assert.Equal(t, "app dev1", httpGet("http://127.0.0.1:6103/"))
 }

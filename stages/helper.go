@@ -1,0 +1,66 @@
+package stages
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/berthci/berth/executor"
+)
+
+// Drivers that link a heavy library (docker compose, client-go) run it in a
+// helper binary beside berth, so that only their deploys pay its start-up.
+
+// FindHelper looks for a helper binary next to berth's own, then on PATH.
+func FindHelper(name string) (string, error) {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), name)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", executor.Systemf("%s is needed next to berth or on PATH (make build builds it): %w", name, err)
+	}
+	return p, nil
+}
+
+// RunHelper runs a helper once: req as JSON on stdin, its answer as JSON on
+// stdout into res, and its stderr (job-log lines) copied to log as they come.
+func RunHelper(ctx context.Context, path string, req, res any, log io.Writer) error {
+	in, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	var stdout bytes.Buffer
+	cmd := exec.CommandContext(ctx, path)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(in), &stdout, log
+	cmd.Env = HelperEnv(os.Environ())
+	runErr := cmd.Run()
+	if err := json.Unmarshal(stdout.Bytes(), res); err != nil {
+		return executor.Systemf("%s failed (%v) without an answer: see the lines above", filepath.Base(path), runErr)
+	}
+	return nil
+}
+
+// HelperEnv is what a helper gets of berth's environment: what reaching an
+// engine or a cluster needs, never the runner's CUSTOM_ENV_* job variables,
+// which hold the job token and masked variables.
+func HelperEnv(environ []string) []string {
+	keep := map[string]bool{"PATH": true, "HOME": true, "USER": true, "TMPDIR": true, "SSH_AUTH_SOCK": true,
+		"DOCKER_HOST": true, "DOCKER_CONFIG": true, "DOCKER_CERT_PATH": true, "DOCKER_TLS_VERIFY": true, "DOCKER_API_VERSION": true,
+		"KUBECONFIG": true, "KUBERNETES_SERVICE_HOST": true, "KUBERNETES_SERVICE_PORT": true}
+	var out []string
+	for _, kv := range environ {
+		if k, _, _ := strings.Cut(kv, "="); keep[k] {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
