@@ -6,11 +6,13 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 .PHONY: build test unit lint rig demo bench clean
 
-# berth, and beside it berth-compose, which only compose deploys run (it
-# links docker compose: a 5-minute first build, 40 ms to start).
+# berth, and beside it the helpers that only compose and Kubernetes deploys
+# run: they link docker compose and client-go (minutes to build the first
+# time, tens of milliseconds to start).
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/berth
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(dir $(BIN))berth-compose ./cmd/berth-compose
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(dir $(BIN))berth-kube ./cmd/berth-kube
 
 # Starts the rig (engine, registry, images, runner) and runs every test.
 test:

@@ -15,6 +15,7 @@ import (
 
 	"github.com/berthci/berth/compose"
 	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/kube"
 	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/stages"
 )
@@ -47,17 +48,25 @@ func (a *app) driverOpener(out io.Writer, creds *stages.Credentials, dir string)
 		if host == "" {
 			host = a.settings.DockerHost
 		}
-		switch env.Driver {
-		case settings.DriverContainer, settings.DriverCompose:
-		default:
-			return nil, executor.Systemf("environment %s uses driver %s, which this berth does not have yet: deploy it with another driver or a script for now", name, env.Driver)
+		if env.Driver == settings.DriverKube {
+			helper, err := stages.FindHelper(kube.HelperName)
+			if err != nil {
+				return nil, err
+			}
+			return &kube.Driver{Env: name, Spec: env.Kube, Helper: helper, Out: out, Login: func(image string) *kube.Login {
+				a, _, err := creds.For(image)
+				if err != nil || a.Username == "" {
+					return nil
+				}
+				return &kube.Login{Server: a.ServerAddress, Username: a.Username, Password: a.Password}
+			}}, nil
 		}
 		eng, err := executor.NewClient(host, env.SSHOptions...)
 		if err != nil {
 			return nil, executor.Systemf("environment %s: %w", name, err)
 		}
 		if env.Driver == settings.DriverCompose {
-			helper, err := compose.FindHelper()
+			helper, err := compose.FindHelper(out)
 			if err != nil {
 				return nil, err
 			}

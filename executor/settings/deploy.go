@@ -81,6 +81,28 @@ type Environment struct {
 	SSHOptions []string      `toml:"ssh_options"`
 	Container  ContainerSpec `toml:"container"`
 	Compose    ComposeSpec   `toml:"compose"`
+	Kube       KubeSpec      `toml:"kube"`
+}
+
+// KubeSpec is a `kube` environment: a workload on Kubernetes whose
+// containers take each release by digest.
+type KubeSpec struct {
+	// Kubeconfig and Context say which cluster; empty Kubeconfig is
+	// $KUBECONFIG, then ~/.kube/config. InCluster uses the pod's service
+	// account instead.
+	Kubeconfig string `toml:"kubeconfig"`
+	Context    string `toml:"context"`
+	InCluster  bool   `toml:"in_cluster"`
+	Namespace  string `toml:"namespace"`
+	// Deployment is the workload's name (default: the environment's name).
+	Deployment string `toml:"deployment"`
+	// Containers take the image; empty means every container whose image
+	// is the registry image.
+	Containers     []string `toml:"containers"`
+	RolloutTimeout Duration `toml:"rollout_timeout"`
+	// PullSecret, if set, is the image pull secret berth creates or
+	// refreshes from the registry login and adds to the pod template.
+	PullSecret string `toml:"pull_secret"`
 }
 
 // ComposeSpec is a `compose` environment: the team's own compose project,
@@ -200,6 +222,15 @@ func (s *Settings) applyDeployDefaults() {
 		if env.Compose.Keep == 0 {
 			env.Compose.Keep = 10
 		}
+		if env.Kube.Namespace == "" {
+			env.Kube.Namespace = "default"
+		}
+		if env.Kube.Deployment == "" {
+			env.Kube.Deployment = name
+		}
+		if env.Kube.RolloutTimeout == 0 {
+			env.Kube.RolloutTimeout = Duration(5 * time.Minute)
+		}
 		s.Environments[name] = env
 	}
 	if s.Build.Dockerfile == "" {
@@ -251,6 +282,9 @@ func (s *Settings) validateDeploy() error {
 		}
 		if env.Container.Keep < 0 {
 			bad("environments."+name+".container.keep", "must not be negative")
+		}
+		if env.Kube.InCluster && (env.Kube.Kubeconfig != "" || env.Kube.Context != "") {
+			bad("environments."+name+".kube.in_cluster", "set either in_cluster or kubeconfig/context")
 		}
 		if env.Compose.Keep < 0 {
 			bad("environments."+name+".compose.keep", "must not be negative")

@@ -1,0 +1,3 @@
+module berth-kube-tools
+
+go 1.26.0

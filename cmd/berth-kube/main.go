@@ -1,0 +1,90 @@
+// Command berth-kube runs one operation of berth's kube driver: a
+// kube.Request as JSON on stdin, job-log lines on stderr as they happen, a
+// kube.Result as JSON on stdout. berth runs it; it is a binary of its own so
+// that only Kubernetes deploys pay for client-go's start-up (see package
+// kube).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/settings"
+	"github.com/berthci/berth/kube"
+	"github.com/berthci/berth/kube/rollout"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	res, err := run(ctx)
+	if err != nil {
+		res.Error, res.Class = err.Error(), "system"
+		if executor.ClassOf(err) == executor.BuildFailure {
+			res.Class = "build"
+		}
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
+		fmt.Fprintf(os.Stderr, "berth-kube: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context) (kube.Result, error) {
+	var req kube.Request
+	if err := json.NewDecoder(os.Stdin).Decode(&req); err != nil {
+		return kube.Result{}, fmt.Errorf("read the request on stdin (berth-kube is run by berth): %w", err)
+	}
+	cfg, err := restConfig(req.Spec)
+	if err != nil {
+		return kube.Result{}, executor.Systemf("environment %s: %w", req.Env, err)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return kube.Result{}, executor.Systemf("environment %s: %w", req.Env, err)
+	}
+	d := &rollout.Driver{Client: client, Env: req.Env, Spec: req.Spec, Out: os.Stderr}
+	switch req.Op {
+	case kube.OpLock:
+		return kube.Result{}, d.Lock(ctx, req.Holder, req.LockTimeout)
+	case kube.OpUnlock:
+		return kube.Result{}, d.Unlock(ctx, req.Holder)
+	case kube.OpDeploy:
+		return kube.Result{}, d.Deploy(ctx, req.Release, req.Login)
+	case kube.OpRollback:
+		rec, err := d.Rollback(ctx, req.To, req.By)
+		return kube.Result{Record: rec}, err
+	case kube.OpHistory:
+		h, err := d.History(ctx)
+		return kube.Result{History: h}, err
+	default:
+		return kube.Result{}, fmt.Errorf("unknown operation %q", req.Op)
+	}
+}
+
+// restConfig is the cluster of an environment: in-cluster, or a kubeconfig
+// (the file of berth.toml, else $KUBECONFIG, else ~/.kube/config) and
+// context.
+func restConfig(s settings.KubeSpec) (*rest.Config, error) {
+	if s.InCluster {
+		return rest.InClusterConfig()
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if s.Kubeconfig != "" {
+		rules.ExplicitPath = s.Kubeconfig
+	}
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: s.Context}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w: set environments.<env>.kube.kubeconfig and context", err)
+	}
+	return cfg, nil
+}

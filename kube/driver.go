@@ -1,0 +1,128 @@
+// Package kube is the `kube` environment driver: a Deployment on
+// Kubernetes whose containers take each release by digest, rolled out with
+// `kubectl rollout status` semantics, undone fast when it cannot succeed.
+//
+// client-go is heavy to start, so the driver runs in its own binary,
+// berth-kube (package kube/rollout); this package is berth's side: one
+// helper run per operation. The lock is a Lease and the history the
+// Deployment's ReplicaSets, so nothing needs a process to stay up between
+// runs.
+package kube
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/settings"
+	"github.com/berthci/berth/stages"
+)
+
+// HelperName is the binary that talks to Kubernetes for berth.
+const HelperName = "berth-kube"
+
+// Operations of the helper.
+const (
+	OpLock     = "lock"
+	OpUnlock   = "unlock"
+	OpDeploy   = "deploy"
+	OpRollback = "rollback"
+	OpHistory  = "history"
+)
+
+// Login is a registry login, for the image pull secret.
+type Login struct {
+	Server   string `json:"server"`
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// Request is one operation for berth-kube, as JSON on its stdin.
+type Request struct {
+	Op          string            `json:"op"`
+	Env         string            `json:"env"`
+	Spec        settings.KubeSpec `json:"spec"`
+	Release     stages.Release    `json:"release,omitempty"`
+	Holder      stages.Holder     `json:"holder,omitempty"`
+	LockTimeout time.Duration     `json:"lock_timeout,omitempty"`
+	To          string            `json:"to,omitempty"`
+	By          string            `json:"by,omitempty"`
+	Login       *Login            `json:"login,omitempty"`
+}
+
+// Result is berth-kube's answer on its stdout; job-log lines go to its
+// stderr as they happen.
+type Result struct {
+	Error   string          `json:"error,omitempty"`
+	Class   string          `json:"class,omitempty"` // "build" (the job's fault) or "system"
+	Record  stages.Record   `json:"record,omitempty"`
+	History []stages.Record `json:"history,omitempty"`
+}
+
+// Err is a Result's error with its class, or nil.
+func (r Result) Err() error {
+	switch {
+	case r.Error == "":
+		return nil
+	case r.Class == "build":
+		return executor.Buildf("%s", r.Error)
+	default:
+		return executor.Systemf("%s", r.Error)
+	}
+}
+
+// Driver is berth's side of a kube environment.
+type Driver struct {
+	Env         string
+	Spec        settings.KubeSpec
+	Helper      string // path of berth-kube
+	Login       func(image string) *Login
+	LockTimeout time.Duration
+	Out         io.Writer
+}
+
+var _ stages.Driver = (*Driver)(nil)
+
+func (d *Driver) run(ctx context.Context, req Request) (Result, error) {
+	req.Env, req.Spec = d.Env, d.Spec
+	var res Result
+	if err := stages.RunHelper(ctx, d.Helper, req, &res, d.Out); err != nil {
+		return res, err
+	}
+	return res, res.Err()
+}
+
+// Lock takes the environment's Lease; unlock gives it back.
+func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duration) (func(), error) {
+	if _, err := d.run(ctx, Request{Op: OpLock, Holder: h, LockTimeout: timeout}); err != nil {
+		return nil, err
+	}
+	return func() {
+		_, _ = d.run(context.WithoutCancel(ctx), Request{Op: OpUnlock, Holder: h})
+	}, nil
+}
+
+// Deploy sets the image by digest and waits for the rollout; a rollout that
+// cannot succeed is undone.
+func (d *Driver) Deploy(ctx context.Context, r stages.Release) error {
+	req := Request{Op: OpDeploy, Release: r}
+	if d.Login != nil && d.Spec.PullSecret != "" {
+		req.Login = d.Login(r.Image)
+	}
+	_, err := d.run(ctx, req)
+	return err
+}
+
+// Rollback goes back to the previous revision, or to the one (or the
+// digest) to names.
+func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, error) {
+	res, err := d.run(ctx, Request{Op: OpRollback, To: to, By: by})
+	return res.Record, err
+}
+
+// History lists the Deployment's revisions, newest first.
+func (d *Driver) History(ctx context.Context) ([]stages.Record, error) {
+	res, err := d.run(ctx, Request{Op: OpHistory})
+	return res.History, err
+}

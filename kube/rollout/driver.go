@@ -1,0 +1,475 @@
+// Package rollout is the kube driver proper, on client-go: set image by
+// digest, wait with `kubectl rollout status` semantics, detect within
+// seconds a rollout that cannot succeed and undo it, history from the
+// ReplicaSets, a Lease as the lock. berth-kube runs it; see package kube.
+package rollout
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/distribution/reference"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/settings"
+	"github.com/berthci/berth/kube"
+	"github.com/berthci/berth/stages"
+)
+
+// Annotations on the Deployment, which the deployment controller copies to
+// the ReplicaSet of each revision: the history lives there.
+const (
+	annRef         = "berth.ref"
+	annTag         = "berth.tag"
+	annDigest      = "berth.digest"
+	annPipeline    = "berth.pipeline"
+	annJob         = "berth.job"
+	annBy          = "berth.by"
+	annResult      = "berth.result" // on a ReplicaSet that failed or was rolled back from
+	annChangeCause = "kubernetes.io/change-cause"
+	annRevision    = "deployment.kubernetes.io/revision"
+)
+
+// Driver is one kube environment.
+type Driver struct {
+	Client kubernetes.Interface
+	Env    string
+	Spec   settings.KubeSpec
+	Out    io.Writer
+	// Poll is how often a rollout is looked at; StuckAfter how long a new
+	// pod may stay unschedulable before the rollout counts as failed.
+	Poll       time.Duration
+	StuckAfter time.Duration
+}
+
+func (d *Driver) poll() time.Duration {
+	if d.Poll == 0 {
+		return 250 * time.Millisecond
+	}
+	return d.Poll
+}
+
+func (d *Driver) stuckAfter() time.Duration {
+	if d.StuckAfter == 0 {
+		return 5 * time.Second
+	}
+	return d.StuckAfter
+}
+
+func (d *Driver) say(format string, args ...any) {
+	fmt.Fprintf(d.Out, "berth: %s: %s\n", d.Env, fmt.Sprintf(format, args...))
+}
+
+func (d *Driver) where() string {
+	return fmt.Sprintf("deployment %s in namespace %s", d.Spec.Deployment, d.Spec.Namespace)
+}
+
+// deployment reads the workload and refuses one that a GitOps controller
+// owns: it would put the old image back.
+func (d *Driver) deployment(ctx context.Context) (*appsv1.Deployment, error) {
+	dep, err := d.Client.AppsV1().Deployments(d.Spec.Namespace).Get(ctx, d.Spec.Deployment, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, executor.Buildf("%s: no %s: create it first (berth rolls out images, it does not create workloads), or set environments.%s.kube.deployment", d.Env, d.where(), d.Env)
+	}
+	if err != nil {
+		return nil, executor.Systemf("%s: read %s: %w", d.Env, d.where(), err)
+	}
+	if who, key := gitOpsOwner(dep.ObjectMeta); who != "" {
+		return nil, executor.Buildf("%s: %s is managed by %s (%s): a set image would be reverted by it; change the image in Git instead", d.Env, d.where(), who, key)
+	}
+	return dep, nil
+}
+
+// gitOpsOwner names the GitOps controller that manages an object, if any.
+func gitOpsOwner(m metav1.ObjectMeta) (who, key string) {
+	for _, k := range []string{"argocd.argoproj.io/instance", "argocd.argoproj.io/tracking-id"} {
+		if m.Labels[k] != "" || m.Annotations[k] != "" {
+			return "Argo CD", k
+		}
+	}
+	for _, k := range []string{"kustomize.toolkit.fluxcd.io/name", "helm.toolkit.fluxcd.io/name"} {
+		if m.Labels[k] != "" || m.Annotations[k] != "" {
+			return "Flux", k
+		}
+	}
+	return "", ""
+}
+
+// containers are the ones that take the release's image.
+func (d *Driver) containers(dep *appsv1.Deployment, image string) ([]string, error) {
+	if len(d.Spec.Containers) > 0 {
+		for _, want := range d.Spec.Containers {
+			if indexOf(dep.Spec.Template.Spec.Containers, want) < 0 {
+				return nil, executor.Buildf("%s: %s has no container %q: check environments.%s.kube.containers", d.Env, d.where(), want, d.Env)
+			}
+		}
+		return d.Spec.Containers, nil
+	}
+	repo := repository(image)
+	var out []string
+	for _, c := range dep.Spec.Template.Spec.Containers {
+		if repository(c.Image) == repo {
+			out = append(out, c.Name)
+		}
+	}
+	if len(out) == 0 {
+		return nil, executor.Buildf("%s: no container of %s runs %s: name the ones that take it in environments.%s.kube.containers", d.Env, d.where(), repo, d.Env)
+	}
+	return out, nil
+}
+
+func indexOf(cs []corev1.Container, name string) int {
+	for i, c := range cs {
+		if c.Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func repository(image string) string {
+	n, err := reference.ParseNormalizedNamed(image)
+	if err != nil {
+		return image
+	}
+	return n.Name()
+}
+
+// Deploy sets the image by digest, records the release in annotations and
+// waits for the rollout; one that cannot succeed is undone.
+func (d *Driver) Deploy(ctx context.Context, r stages.Release, login *kube.Login) error {
+	dep, err := d.deployment(ctx)
+	if err != nil {
+		return err
+	}
+	names, err := d.containers(dep, r.Image)
+	if err != nil {
+		return err
+	}
+	if login != nil && d.Spec.PullSecret != "" {
+		if err := d.pullSecret(ctx, login); err != nil {
+			return err
+		}
+	}
+	same := true
+	for _, n := range names {
+		same = same && dep.Spec.Template.Spec.Containers[indexOf(dep.Spec.Template.Spec.Containers, n)].Image == r.Image
+	}
+	if same {
+		d.say("%s already runs %s: nothing to roll out", d.where(), r.Image)
+		return nil
+	}
+	prev := dep.Annotations[annRevision]
+	cause := fmt.Sprintf("berth: %s (%s) from %s, pipeline %d, job %d, by %s", r.Tag, shortDigest(r.Digest), r.Ref, r.Pipeline, r.Job, r.By)
+	err = d.update(ctx, func(dep *appsv1.Deployment) {
+		for _, n := range names {
+			dep.Spec.Template.Spec.Containers[indexOf(dep.Spec.Template.Spec.Containers, n)].Image = r.Image
+		}
+		if d.Spec.PullSecret != "" && !hasPullSecret(dep, d.Spec.PullSecret) {
+			dep.Spec.Template.Spec.ImagePullSecrets = append(dep.Spec.Template.Spec.ImagePullSecrets, corev1.LocalObjectReference{Name: d.Spec.PullSecret})
+		}
+		setAnnotations(&dep.ObjectMeta, map[string]string{
+			annRef: r.Ref, annTag: r.Tag, annDigest: r.Digest, annPipeline: strconv.FormatInt(r.Pipeline, 10),
+			annJob: strconv.FormatInt(r.Job, 10), annBy: r.By, annChangeCause: cause,
+		})
+	})
+	if err != nil {
+		return err
+	}
+	d.say("set image of %s to %s", strings.Join(names, ", "), r.Image)
+	t := time.Now()
+	failure := d.wait(ctx)
+	if failure == nil {
+		d.say("rolled out in %s", time.Since(t).Round(time.Millisecond))
+		return nil
+	}
+	d.say("the rollout cannot succeed (%s, after %s): undoing it", failure.reason, time.Since(t).Round(time.Millisecond))
+	if prev == "" {
+		return executor.Buildf("%s: the rollout of %s failed: %s%s\nThere was no earlier revision to go back to.", d.Env, r.Tag, failure.reason, failure.details)
+	}
+	back, err := d.undo(ctx, prev, "failed")
+	if err != nil {
+		return executor.Systemf("%s: the rollout of %s failed (%s), and undoing it failed too: %v", d.Env, r.Tag, failure.reason, err)
+	}
+	return executor.Buildf("%s: the rollout of %s failed: %s%s\nUndone: revision %s (%s) serves again.", d.Env, r.Tag, failure.reason, failure.details, back.revision, back.image)
+}
+
+func shortDigest(d string) string {
+	if len(d) > 19 {
+		return d[:19]
+	}
+	return d
+}
+
+func hasPullSecret(dep *appsv1.Deployment, name string) bool {
+	for _, s := range dep.Spec.Template.Spec.ImagePullSecrets {
+		if s.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func setAnnotations(m *metav1.ObjectMeta, ann map[string]string) {
+	if m.Annotations == nil {
+		m.Annotations = map[string]string{}
+	}
+	for k, v := range ann {
+		m.Annotations[k] = v
+	}
+}
+
+// update changes the Deployment, retried on conflicts.
+func (d *Driver) update(ctx context.Context, change func(*appsv1.Deployment)) error {
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		dep, err := d.Client.AppsV1().Deployments(d.Spec.Namespace).Get(ctx, d.Spec.Deployment, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		change(dep)
+		_, err = d.Client.AppsV1().Deployments(d.Spec.Namespace).Update(ctx, dep, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		return executor.Systemf("%s: update %s: %w", d.Env, d.where(), err)
+	}
+	return nil
+}
+
+// revisions are the Deployment's ReplicaSets, newest revision first.
+func (d *Driver) revisions(ctx context.Context, dep *appsv1.Deployment) ([]appsv1.ReplicaSet, error) {
+	sel, err := metav1.LabelSelectorAsSelector(dep.Spec.Selector)
+	if err != nil {
+		return nil, executor.Systemf("%s: selector of %s: %w", d.Env, d.where(), err)
+	}
+	list, err := d.Client.AppsV1().ReplicaSets(d.Spec.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+	if err != nil {
+		return nil, executor.Systemf("%s: list the ReplicaSets of %s: %w", d.Env, d.where(), err)
+	}
+	var out []appsv1.ReplicaSet
+	for _, rs := range list.Items {
+		if metav1.IsControlledBy(&rs, dep) {
+			out = append(out, rs)
+		}
+	}
+	sort.Slice(out, func(i, k int) bool { return revision(&out[i]) > revision(&out[k]) })
+	return out, nil
+}
+
+func revision(rs *appsv1.ReplicaSet) int64 {
+	n, _ := strconv.ParseInt(rs.Annotations[annRevision], 10, 64)
+	return n
+}
+
+// undone is where an undo or rollback went.
+type undone struct{ revision, image string }
+
+// undo puts the template of revision rev back, as `kubectl rollout undo
+// --to-revision` does, marks the revision it leaves with result, and waits
+// until the old version is available again.
+func (d *Driver) undo(ctx context.Context, rev, result string) (undone, error) {
+	dep, err := d.deployment(ctx)
+	if err != nil {
+		return undone{}, err
+	}
+	revs, err := d.revisions(ctx, dep)
+	if err != nil {
+		return undone{}, err
+	}
+	var target, leaving *appsv1.ReplicaSet
+	for i := range revs {
+		switch revs[i].Annotations[annRevision] {
+		case rev:
+			target = &revs[i]
+		case dep.Annotations[annRevision]:
+			leaving = &revs[i]
+		}
+	}
+	if target == nil {
+		return undone{}, fmt.Errorf("revision %s of %s is gone (revisionHistoryLimit)", rev, d.where())
+	}
+	return d.restore(ctx, target, leaving, result)
+}
+
+// restore makes target's template the Deployment's again and waits.
+func (d *Driver) restore(ctx context.Context, target, leaving *appsv1.ReplicaSet, result string) (undone, error) {
+	ctx = context.WithoutCancel(ctx) // the service must be back even if the job is cancelled
+	if leaving != nil && result != "" {
+		rs := leaving.DeepCopy()
+		setAnnotations(&rs.ObjectMeta, map[string]string{annResult: result})
+		_, _ = d.Client.AppsV1().ReplicaSets(d.Spec.Namespace).Update(ctx, rs, metav1.UpdateOptions{})
+	}
+	err := d.update(ctx, func(dep *appsv1.Deployment) {
+		tpl := target.Spec.Template.DeepCopy()
+		delete(tpl.Labels, appsv1.DefaultDeploymentUniqueLabelKey)
+		dep.Spec.Template = *tpl
+		ann := map[string]string{}
+		for _, k := range []string{annRef, annTag, annDigest, annPipeline, annJob, annBy, annChangeCause} {
+			ann[k] = target.Annotations[k]
+		}
+		setAnnotations(&dep.ObjectMeta, ann)
+	})
+	if err != nil {
+		return undone{}, err
+	}
+	to := undone{revision: target.Annotations[annRevision], image: imagesOf(&target.Spec.Template)}
+	if f := d.wait(ctx); f != nil {
+		return to, fmt.Errorf("revision %s does not come back either: %s%s", to.revision, f.reason, f.details)
+	}
+	return to, nil
+}
+
+func imagesOf(t *corev1.PodTemplateSpec) string {
+	var out []string
+	for _, c := range t.Spec.Containers {
+		out = append(out, c.Image)
+	}
+	return strings.Join(out, ", ")
+}
+
+// failure is why a rollout cannot succeed, with the pods' events.
+type failure struct {
+	reason  string
+	details string
+}
+
+// stuckReasons are container states that a rollout does not recover from
+// by waiting.
+var stuckReasons = map[string]bool{
+	"ErrImagePull": true, "ImagePullBackOff": true, "CrashLoopBackOff": true,
+	"CreateContainerConfigError": true, "InvalidImageName": true, "CreateContainerError": true,
+}
+
+// wait follows the rollout like `kubectl rollout status`, printing replica
+// counts as they change, until it is complete, or cannot succeed: a new pod
+// stuck in a state that waiting does not fix, a pod unschedulable for
+// StuckAfter, ProgressDeadlineExceeded, or the rollout timeout.
+func (d *Driver) wait(ctx context.Context) *failure {
+	deadline := time.Now().Add(d.Spec.RolloutTimeout.D())
+	unschedulableSince := map[string]time.Time{}
+	last := ""
+	for {
+		dep, err := d.Client.AppsV1().Deployments(d.Spec.Namespace).Get(ctx, d.Spec.Deployment, metav1.GetOptions{})
+		if err != nil {
+			return &failure{reason: "reading " + d.where() + ": " + err.Error()}
+		}
+		if dep.Status.ObservedGeneration >= dep.Generation {
+			want := int32(1)
+			if dep.Spec.Replicas != nil {
+				want = *dep.Spec.Replicas
+			}
+			st := dep.Status
+			line := fmt.Sprintf("%d of %d updated, %d ready, %d available", st.UpdatedReplicas, want, st.ReadyReplicas, st.AvailableReplicas)
+			if line != last {
+				d.say("%s", line)
+				last = line
+			}
+			for _, c := range st.Conditions {
+				if c.Type == appsv1.DeploymentProgressing && c.Reason == "ProgressDeadlineExceeded" {
+					return d.failed(ctx, dep, "ProgressDeadlineExceeded: "+c.Message)
+				}
+			}
+			if st.UpdatedReplicas == want && st.Replicas == st.UpdatedReplicas && st.AvailableReplicas == st.UpdatedReplicas {
+				return nil
+			}
+			if why := d.stuck(ctx, dep, unschedulableSince); why != "" {
+				return d.failed(ctx, dep, why)
+			}
+		}
+		if time.Now().After(deadline) {
+			return d.failed(ctx, dep, fmt.Sprintf("not complete after rollout_timeout %s", d.Spec.RolloutTimeout.D()))
+		}
+		select {
+		case <-ctx.Done():
+			return &failure{reason: "cancelled"}
+		case <-time.After(d.poll()):
+		}
+	}
+}
+
+// newPods are the pods of the Deployment's current revision.
+func (d *Driver) newPods(ctx context.Context, dep *appsv1.Deployment) ([]corev1.Pod, error) {
+	revs, err := d.revisions(ctx, dep)
+	if err != nil {
+		return nil, err
+	}
+	for _, rs := range revs {
+		if rs.Annotations[annRevision] != dep.Annotations[annRevision] {
+			continue
+		}
+		sel := labels.SelectorFromSet(labels.Set{appsv1.DefaultDeploymentUniqueLabelKey: rs.Labels[appsv1.DefaultDeploymentUniqueLabelKey]})
+		list, err := d.Client.CoreV1().Pods(d.Spec.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
+		if err != nil {
+			return nil, err
+		}
+		return list.Items, nil
+	}
+	return nil, nil
+}
+
+// stuck says why a new pod cannot become ready, if it cannot.
+func (d *Driver) stuck(ctx context.Context, dep *appsv1.Deployment, unschedulableSince map[string]time.Time) string {
+	pods, err := d.newPods(ctx, dep)
+	if err != nil {
+		return ""
+	}
+	for _, p := range pods {
+		for _, cs := range append(append([]corev1.ContainerStatus{}, p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...) {
+			if w := cs.State.Waiting; w != nil && stuckReasons[w.Reason] {
+				return fmt.Sprintf("pod %s: container %s is %s: %s", p.Name, cs.Name, w.Reason, w.Message)
+			}
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type != corev1.PodScheduled || c.Status != corev1.ConditionFalse || c.Reason != corev1.PodReasonUnschedulable {
+				continue
+			}
+			since, seen := unschedulableSince[p.Name]
+			if !seen {
+				unschedulableSince[p.Name] = time.Now()
+			} else if time.Since(since) >= d.stuckAfter() {
+				return fmt.Sprintf("pod %s is unschedulable: %s", p.Name, c.Message)
+			}
+		}
+	}
+	return ""
+}
+
+// failed gathers the new pods' reasons and events for the job log.
+func (d *Driver) failed(ctx context.Context, dep *appsv1.Deployment, reason string) *failure {
+	f := &failure{reason: reason}
+	pods, err := d.newPods(context.WithoutCancel(ctx), dep)
+	if err != nil || len(pods) == 0 {
+		return f
+	}
+	var b strings.Builder
+	b.WriteString("\nPods of the new revision:")
+	for _, p := range pods {
+		fmt.Fprintf(&b, "\n  %s: %s", p.Name, p.Status.Phase)
+		for _, c := range p.Status.Conditions {
+			if c.Status != corev1.ConditionTrue && c.Reason != "" {
+				fmt.Fprintf(&b, ", %s=%s (%s)", c.Type, c.Reason, c.Message)
+			}
+		}
+		evs, err := d.Client.CoreV1().Events(d.Spec.Namespace).List(context.WithoutCancel(ctx), metav1.ListOptions{FieldSelector: "involvedObject.name=" + p.Name})
+		if err != nil {
+			continue
+		}
+		for _, e := range evs.Items {
+			fmt.Fprintf(&b, "\n    event %s %s: %s", e.Type, e.Reason, strings.TrimSpace(e.Message))
+		}
+	}
+	f.details = b.String()
+	return f
+}

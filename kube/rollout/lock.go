@@ -1,0 +1,145 @@
+package rollout
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/kube"
+	"github.com/berthci/berth/stages"
+)
+
+// The deploy lock is a Lease in the workload's namespace, named like the
+// engine lock; its duration runs to the holder job's deadline, past which
+// it is taken over.
+const (
+	annLockJob      = "berth.lock.job"
+	annLockPipeline = "berth.lock.pipeline"
+	annLockBy       = "berth.lock.by"
+)
+
+func (d *Driver) leaseName() string { return stages.LockName(d.Env) }
+
+// Lock waits, up to timeout, until this job holds the environment's Lease.
+func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duration) error {
+	leases := d.Client.CoordinationV1().Leases(d.Spec.Namespace)
+	now := time.Now()
+	secs := int32(time.Until(h.Deadline).Seconds())
+	if secs < 1 {
+		secs = 1
+	}
+	lease := &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: d.leaseName(), Annotations: map[string]string{
+			annLockJob: strconv.FormatInt(h.Job, 10), annLockPipeline: strconv.FormatInt(h.Pipeline, 10), annLockBy: h.By,
+		}},
+		Spec: coordinationv1.LeaseSpec{
+			HolderIdentity:       ptr(fmt.Sprintf("job %d of pipeline %d (%s)", h.Job, h.Pipeline, h.By)),
+			LeaseDurationSeconds: &secs,
+			AcquireTime:          &metav1.MicroTime{Time: now},
+			RenewTime:            &metav1.MicroTime{Time: now},
+		},
+	}
+	deadline := now.Add(timeout)
+	told := false
+	for {
+		_, err := leases.Create(ctx, lease, metav1.CreateOptions{})
+		if err == nil {
+			return nil
+		}
+		if !apierrors.IsAlreadyExists(err) {
+			return executor.Systemf("%s: take the deploy lock (Lease %s in %s): %w", d.Env, d.leaseName(), d.Spec.Namespace, err)
+		}
+		cur, err := leases.Get(ctx, d.leaseName(), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			continue // released meanwhile
+		}
+		if err != nil {
+			return executor.Systemf("%s: read the deploy lock: %w", d.Env, err)
+		}
+		holder, since := deref(cur.Spec.HolderIdentity), cur.Spec.AcquireTime
+		if since != nil && cur.Spec.LeaseDurationSeconds != nil && time.Now().After(since.Add(time.Duration(*cur.Spec.LeaseDurationSeconds)*time.Second)) {
+			fmt.Fprintf(d.Out, "berth: taking over the lock of %s from %s: its job is over\n", d.Env, holder)
+			_ = leases.Delete(ctx, d.leaseName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &cur.ResourceVersion}})
+			continue
+		}
+		if !told {
+			at := ""
+			if since != nil {
+				at = since.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(d.Out, "berth: waiting for %s: %s deploys it since %s\n", d.Env, holder, at)
+			told = true
+		}
+		if time.Now().After(deadline) {
+			return executor.Buildf("%s is still locked by %s after %s: retry the job, or raise lock_timeout for the environment", d.Env, holder, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return executor.Buildf("cancelled while waiting for the lock of %s", d.Env)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// Unlock gives the Lease back if this job still holds it.
+func (d *Driver) Unlock(ctx context.Context, h stages.Holder) error {
+	leases := d.Client.CoordinationV1().Leases(d.Spec.Namespace)
+	cur, err := leases.Get(ctx, d.leaseName(), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return executor.Systemf("%s: read the deploy lock: %w", d.Env, err)
+	}
+	if cur.Annotations[annLockJob] != strconv.FormatInt(h.Job, 10) {
+		return nil // taken over meanwhile
+	}
+	err = leases.Delete(ctx, d.leaseName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &cur.ResourceVersion}})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return executor.Systemf("%s: release the deploy lock: %w", d.Env, err)
+	}
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// pullSecret creates or refreshes the image pull secret from the registry
+// login.
+func (d *Driver) pullSecret(ctx context.Context, l *kube.Login) error {
+	auth := base64.StdEncoding.EncodeToString([]byte(l.Username + ":" + l.Password))
+	cfg, err := json.Marshal(map[string]any{"auths": map[string]any{l.Server: map[string]string{"username": l.Username, "password": l.Password, "auth": auth}}})
+	if err != nil {
+		return err
+	}
+	secrets := d.Client.CoreV1().Secrets(d.Spec.Namespace)
+	s := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: d.Spec.PullSecret, Labels: map[string]string{"app.kubernetes.io/managed-by": "berth"}},
+		Type:       corev1.SecretTypeDockerConfigJson,
+		Data:       map[string][]byte{corev1.DockerConfigJsonKey: cfg},
+	}
+	_, err = secrets.Create(ctx, s, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		_, err = secrets.Update(ctx, s, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		// the error names the secret, never its content
+		return executor.Systemf("%s: create or refresh the image pull secret %s in %s: %v", d.Env, d.Spec.PullSecret, d.Spec.Namespace, apierrors.ReasonForError(err))
+	}
+	return nil
+}
