@@ -59,7 +59,7 @@ build() {
 	local edits=()
 	while read -r path; do
 		edits+=(-replace "$path=$path@$STAGING")
-	done < <(awk '/^[[:space:]]*k8s\.io\/[^ ]+ v0\.0\.0/ {print $1}' "$kmod" | sort -u)
+	done < <(awk '$1 ~ /^k8s\.io\// && $2 == "v0.0.0" {print $1}' "$kmod" | sort -u)
 	(cd "$CACHE/src/k8s" && go mod edit "${edits[@]}" &&
 		go build -trimpath -ldflags "$ldflags" -o "$BIN/" k8s.io/kubernetes/cmd/kube-apiserver \
 			k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl)

@@ -19,7 +19,20 @@ else
 	echo "test: WARNING: $skipped: the end-to-end tests will be SKIPPED" >&2
 fi
 
-# one package at a time: several share the engine and the ports 6000-6101
+# The Kubernetes control plane (built the first time: several minutes, then
+# cached). Without it the kube tests skip, except in CI.
+if kubeconfig=$(.ci/kube.sh up | tail -n1); then
+	export BERTH_KUBECONFIG=$kubeconfig BERTH_REQUIRE_KUBE=1
+	echo "test: Kubernetes tests run against the control plane of .ci/kube.sh ($kubeconfig)"
+elif [ "${CI:-}" = true ]; then
+	echo "test: error: the test control plane did not start (.ci/kube.sh up)" >&2
+	exit 1
+else
+	kube_skipped="the Kubernetes control plane did not start (.ci/kube.sh up)"
+	echo "test: WARNING: $kube_skipped: the Kubernetes tests will be SKIPPED" >&2
+fi
+
+# one package at a time: several share the engine and the ports 6000-6103
 go test -count=1 -p 1 ./...
 
 # The benchmarks once each, so they cannot rot; timings are for make bench.
@@ -29,6 +42,6 @@ if [ -z "$skipped" ]; then
 	echo "test: benchmarks ran once each (make bench measures them)"
 fi
 
-if [ -n "$skipped" ]; then
-	echo "test: WARNING: the end-to-end tests were SKIPPED: $skipped" >&2
+if [ -n "$skipped${kube_skipped:-}" ]; then
+	echo "test: WARNING: tests were SKIPPED: $skipped${kube_skipped:-}" >&2
 fi

@@ -74,12 +74,11 @@ func (r Result) Err() error {
 
 // Driver is berth's side of a kube environment.
 type Driver struct {
-	Env         string
-	Spec        settings.KubeSpec
-	Helper      string // path of berth-kube
-	Login       func(image string) *Login
-	LockTimeout time.Duration
-	Out         io.Writer
+	Env    string
+	Spec   settings.KubeSpec
+	Helper string // path of berth-kube
+	Login  func(image string) *Login
+	Out    io.Writer
 }
 
 var _ stages.Driver = (*Driver)(nil)

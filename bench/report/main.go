@@ -43,6 +43,7 @@ var goals = map[string]goal{
 	"Release median-ms":           {text: "at most a tenth of the script's (ratio ≤ 0.1)", maxRatio: 0.1},
 	"Release same-digest":         {text: "berth 1 (the tested digest)", minValue: 1},
 	"Rollback median-ms":          {text: "under 2 s", maxMs: 2000},
+	"KubeFailedRollout detect-ms": {text: "under 15 s", maxMs: 15000},
 }
 
 func main() {
@@ -145,6 +146,10 @@ func run(in io.Reader, out io.Writer, title string) error {
 	fmt.Fprintln(out, "  `same-digest` is 1 when the tag's digest is the tested image's.")
 	fmt.Fprintln(out, "- `Rollback`: (d) back to the previous version until it answers: berth restarts the kept container;")
 	fmt.Fprintln(out, "  the script way runs the previous image again with `rm -f` + `run`.")
+	fmt.Fprintln(out, "- `KubeFailedRollout`: a rollout that can never succeed (no room on the node for the new pod) on the")
+	fmt.Fprintln(out, "  test control plane: `detect-ms` until it is known to fail, `rollback-ms` until the previous version")
+	fmt.Fprintln(out, "  is available again. berth's kube driver against `kubectl set image` + `rollout status --timeout="+"30s"+"`,")
+	fmt.Fprintln(out, "  then `rollout undo` + `rollout status`.")
 	if failed > 0 {
 		fmt.Fprintf(out, "\n%d goal(s) not met.\n", failed)
 	}

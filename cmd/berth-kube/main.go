@@ -13,12 +13,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
-
 	"github.com/berthci/berth/executor"
-	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/kube"
 	"github.com/berthci/berth/kube/rollout"
 )
@@ -44,11 +39,7 @@ func run(ctx context.Context) (kube.Result, error) {
 	if err := json.NewDecoder(os.Stdin).Decode(&req); err != nil {
 		return kube.Result{}, fmt.Errorf("read the request on stdin (berth-kube is run by berth): %w", err)
 	}
-	cfg, err := restConfig(req.Spec)
-	if err != nil {
-		return kube.Result{}, executor.Systemf("environment %s: %w", req.Env, err)
-	}
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := rollout.NewClient(req.Spec)
 	if err != nil {
 		return kube.Result{}, executor.Systemf("environment %s: %w", req.Env, err)
 	}
@@ -69,22 +60,4 @@ func run(ctx context.Context) (kube.Result, error) {
 	default:
 		return kube.Result{}, fmt.Errorf("unknown operation %q", req.Op)
 	}
-}
-
-// restConfig is the cluster of an environment: in-cluster, or a kubeconfig
-// (the file of berth.toml, else $KUBECONFIG, else ~/.kube/config) and
-// context.
-func restConfig(s settings.KubeSpec) (*rest.Config, error) {
-	if s.InCluster {
-		return rest.InClusterConfig()
-	}
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	if s.Kubeconfig != "" {
-		rules.ExplicitPath = s.Kubeconfig
-	}
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: s.Context}).ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig: %w: set environments.<env>.kube.kubeconfig and context", err)
-	}
-	return cfg, nil
 }

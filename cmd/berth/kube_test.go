@@ -64,7 +64,9 @@ func TestE2EReleaseBranchAndTagOnKubernetes(t *testing.T) {
 	for _, ns := range []string{name + "-alpha", name + "-prod"} {
 		kc("create", "namespace", ns)
 		ns := ns
-		t.Cleanup(func() { _ = exec.Command(kubectl, "--kubeconfig", kubeconfig, "delete", "namespace", ns, "--wait=false").Run() })
+		t.Cleanup(func() {
+			_ = exec.Command(kubectl, "--kubeconfig", kubeconfig, "delete", "namespace", ns, "--wait=false").Run()
+		})
 		require.Eventually(t, func() bool {
 			return exec.Command(kubectl, "--kubeconfig", kubeconfig, "-n", ns, "get", "serviceaccount", "default").Run() == nil
 		}, 30*time.Second, 200*time.Millisecond)
@@ -107,7 +109,7 @@ rollout_timeout = "1m"
 
 	state, tr := job("--ref", "release-1.0.0", "--stage", "deploy")
 	require.Equal(t, "success", state, tr)
-	assert.Contains(t, tr, "berth: alpha: set image of app to "+image+"@sha256:")
+	assert.Contains(t, tr, "berth: alpha: set image of "+name+" to "+image+"@sha256:") // kubectl names the container after the image
 	assert.Contains(t, tr, "berth: alpha: 2 of 2 updated, 2 ready, 2 available")
 	assert.Contains(t, tr, "berth: alpha: rolled out in ")
 	alpha := imageIn(name + "-alpha")

@@ -15,8 +15,8 @@ import (
 
 	"github.com/berthci/berth/compose"
 	"github.com/berthci/berth/executor"
-	"github.com/berthci/berth/kube"
 	"github.com/berthci/berth/executor/settings"
+	"github.com/berthci/berth/kube"
 	"github.com/berthci/berth/stages"
 )
 

@@ -6,6 +6,7 @@ package rollout
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -19,6 +20,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
@@ -56,7 +58,7 @@ type Driver struct {
 
 func (d *Driver) poll() time.Duration {
 	if d.Poll == 0 {
-		return 250 * time.Millisecond
+		return 100 * time.Millisecond
 	}
 	return d.Poll
 }
@@ -306,11 +308,6 @@ func (d *Driver) undo(ctx context.Context, rev, result string) (undone, error) {
 // restore makes target's template the Deployment's again and waits.
 func (d *Driver) restore(ctx context.Context, target, leaving *appsv1.ReplicaSet, result string) (undone, error) {
 	ctx = context.WithoutCancel(ctx) // the service must be back even if the job is cancelled
-	if leaving != nil && result != "" {
-		rs := leaving.DeepCopy()
-		setAnnotations(&rs.ObjectMeta, map[string]string{annResult: result})
-		_, _ = d.Client.AppsV1().ReplicaSets(d.Spec.Namespace).Update(ctx, rs, metav1.UpdateOptions{})
-	}
 	err := d.update(ctx, func(dep *appsv1.Deployment) {
 		tpl := target.Spec.Template.DeepCopy()
 		delete(tpl.Labels, appsv1.DefaultDeploymentUniqueLabelKey)
@@ -325,7 +322,12 @@ func (d *Driver) restore(ctx context.Context, target, leaving *appsv1.ReplicaSet
 		return undone{}, err
 	}
 	to := undone{revision: target.Annotations[annRevision], image: imagesOf(&target.Spec.Template)}
-	if f := d.wait(ctx); f != nil {
+	f := d.wait(ctx)
+	if leaving != nil && result != "" { // for the history; a merge patch cannot conflict
+		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{annResult: result}}})
+		_, _ = d.Client.AppsV1().ReplicaSets(d.Spec.Namespace).Patch(ctx, leaving.Name, types.MergePatchType, patch, metav1.PatchOptions{})
+	}
+	if f != nil {
 		return to, fmt.Errorf("revision %s does not come back either: %s%s", to.revision, f.reason, f.details)
 	}
 	return to, nil
@@ -372,6 +374,9 @@ func (d *Driver) wait(ctx context.Context) *failure {
 			}
 			st := dep.Status
 			line := fmt.Sprintf("%d of %d updated, %d ready, %d available", st.UpdatedReplicas, want, st.ReadyReplicas, st.AvailableReplicas)
+			if old := st.Replicas - st.UpdatedReplicas; old > 0 {
+				line += fmt.Sprintf(", %d old still running", old)
+			}
 			if line != last {
 				d.say("%s", line)
 				last = line

@@ -15,7 +15,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/berthci/berth/executor"
 	"github.com/berthci/berth/executor/settings"
@@ -33,11 +32,7 @@ func realCluster(t *testing.T) kubernetes.Interface {
 	if path == "" {
 		path = "/var/tmp/berth-kube/kubeconfig"
 	}
-	cfg, err := clientcmd.BuildConfigFromFlags("", path)
-	var c *kubernetes.Clientset
-	if err == nil {
-		c, err = kubernetes.NewForConfig(cfg)
-	}
+	c, err := NewClient(settings.KubeSpec{Kubeconfig: path})
 	if err == nil {
 		_, err = c.Discovery().ServerVersion()
 	}
