@@ -18,6 +18,7 @@ import (
 
 	"github.com/berthci/berth/executor"
 	"github.com/berthci/berth/executor/settings"
+	"github.com/berthci/berth/kube"
 	"github.com/berthci/berth/stages"
 )
 
@@ -218,4 +219,20 @@ func TestLeaseIsTheEnvironmentsLock(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	require.NoError(t, f.d.Lock(ctx, other, 3*time.Second))
 	assert.Contains(t, f.out.String(), "taking over the lock of alpha")
+}
+
+func TestPullSecretIsCreatedRefreshedAndUsed(t *testing.T) {
+	f := newFixture(t, 1, "100m")
+	ctx := context.Background()
+	f.d.Spec.PullSecret = "berth-registry"
+	login := &kube.Login{Server: "127.0.0.1:5000", Username: "ci", Password: "first"}
+	require.NoError(t, f.d.Deploy(ctx, release("release-1.0.0", 5), login))
+	login.Password = "second"
+	require.NoError(t, f.d.Deploy(ctx, release("release-1.0.0", 6), login))
+	s, err := f.c.CoreV1().Secrets(f.ns).Get(ctx, "berth-registry", metav1.GetOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, corev1.SecretTypeDockerConfigJson, s.Type)
+	assert.Contains(t, string(s.Data[corev1.DockerConfigJsonKey]), `"password":"second"`, "refreshed")
+	assert.Equal(t, []corev1.LocalObjectReference{{Name: "berth-registry"}}, f.deployment(t).Spec.Template.Spec.ImagePullSecrets)
+	assert.NotContains(t, f.out.String(), "second", "the password stays out of the job log")
 }
