@@ -65,6 +65,8 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 		return a.history(ctx, args)
 	case "rollback":
 		return a.rollback(ctx, args)
+	case "exec":
+		return a.exec(ctx, args)
 	case "anchor":
 		// PID 1 of an environment's anchor container (stages/anchor.go):
 		// it only holds the network namespace, until stopped.

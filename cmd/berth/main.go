@@ -39,6 +39,8 @@ Operator commands:
   history ENV            list an environment's deployments
   rollback ENV [--to TAG|DIGEST]
                          restore the previous version (or the given one)
+  exec [--ref BRANCH | --tag TAG] [--manual] [JOB...]
+                         run jobs of .gitlab-ci.yml here, as the runner would
   version                print berth's version
   anchor                 hold an environment's ports (run by its NAME-net container)
 
