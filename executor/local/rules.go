@@ -49,7 +49,9 @@ func parseRefFilter(n *yaml.Node) (*refFilter, error) {
 	return &refFilter{refs}, nil
 }
 
-func isRegex(s string) bool { return len(s) >= 2 && strings.HasPrefix(s, "/") && strings.HasSuffix(s, "/") }
+func isRegex(s string) bool {
+	return len(s) >= 2 && strings.HasPrefix(s, "/") && strings.HasSuffix(s, "/")
+}
 
 func (f *refFilter) match(ref Ref) bool {
 	for _, r := range f.refs {
@@ -140,7 +142,9 @@ func (j *Job) Applies(ref Ref) string {
 // The `if:` expressions berth exec understands: $VAR, $VAR == "x",
 // $VAR != "x", $VAR =~ /re/, $VAR !~ /re/, joined with && and ||, on
 // CI_COMMIT_BRANCH, CI_COMMIT_TAG and CI_COMMIT_REF_NAME.
-type expr interface{ eval(vars map[string]string) bool }
+type expr interface {
+	eval(vars map[string]string) bool
+}
 
 type always struct{}
 
@@ -169,7 +173,7 @@ func (a and) eval(v map[string]string) bool {
 
 type compare struct {
 	name, op, value string
-	re          *regexp.Regexp
+	re              *regexp.Regexp
 }
 
 func (c compare) eval(v map[string]string) bool {
