@@ -31,7 +31,7 @@ rig:
 
 # Runs the example app's jobs through the real runner with berth.
 demo: build
-	examples/demo.sh
+	DEMO_KUBE=$(DEMO_KUBE) examples/demo.sh
 
 # Side-by-side benchmarks against the bash driver; writes docs/BENCHMARKS.md.
 bench: build

@@ -32,6 +32,9 @@ else
 	echo "test: WARNING: $kube_skipped: the Kubernetes tests will be SKIPPED" >&2
 fi
 
+# the demo's environments hold ports the tests use
+examples/demo.sh down
+
 # one package at a time: several share the engine and the ports 6000-6103
 go test -count=1 -p 1 ./...
 
@@ -40,6 +43,14 @@ if [ -z "$skipped" ]; then
 	make build >/dev/null
 	BERTH_BIN=$PWD/bin/berth go test -count=1 -run '^$' -bench . -benchtime 1x ./bench >/dev/null
 	echo "test: benchmarks ran once each (make bench measures them)"
+fi
+
+# The README's first command, with Kubernetes where the control plane runs.
+if [ -z "$skipped" ]; then
+	demo_kube=1
+	[ -z "${kube_skipped:-}" ] || demo_kube=
+	make demo DEMO_KUBE=$demo_kube
+	examples/demo.sh down
 fi
 
 if [ -n "$skipped${kube_skipped:-}" ]; then

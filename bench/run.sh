@@ -5,6 +5,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 .ci/rig.sh up
+examples/demo.sh down # its web holds port 6000
 GLR_BIN=$(.ci/rig.sh runner | tail -n1)
 export GLR_BIN BERTH_BIN=$root/bin/berth
 [ -x "$BERTH_BIN" ] || make build

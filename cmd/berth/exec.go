@@ -130,7 +130,11 @@ func localSource(branch, tag string) (local.Source, error) {
 	if err != nil {
 		return local.Source{}, executor.Buildf("no %s in %s", refText(ref), root)
 	}
-	return local.Source{Repo: root, Project: "local/" + filepath.Base(root), Ref: ref, Sha: sha}, nil
+	user := os.Getenv("USER")
+	if user == "" {
+		user = "berth-exec"
+	}
+	return local.Source{Repo: root, Project: "local/" + filepath.Base(root), Ref: ref, Sha: sha, User: user}, nil
 }
 
 // pick is the named jobs, or every job that applies to the ref; manual

@@ -15,6 +15,7 @@ type Source struct {
 	Project string // a project path, for CI_PROJECT_PATH and labels
 	Ref     Ref
 	Sha     string
+	User    string // GITLAB_USER_LOGIN: who runs berth exec
 }
 
 // Stages are the runner's stages that berth exec drives, in order; the
@@ -79,6 +80,9 @@ func predefined(j *Job, src Source, id, pipeline int64, manual bool, projectDir 
 	}
 	if manual {
 		vs = append(vs, Var{"CI_JOB_MANUAL", "true"})
+	}
+	if src.User != "" {
+		vs = append(vs, Var{"GITLAB_USER_LOGIN", src.User})
 	}
 	return vs
 }
