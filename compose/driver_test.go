@@ -21,39 +21,14 @@ import (
 	"github.com/berthci/berth/compose"
 	"github.com/berthci/berth/compose/apply"
 	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/enginetest"
 	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/stages"
 )
 
-const testRegistry = "127.0.0.1:5000"
+const testRegistry = enginetest.Registry
 
-// realEngine skips without the rig's engine and registry, or fails under
-// BERTH_REQUIRE_RIG=1.
-func realEngine(t *testing.T) *client.Client {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("-short: no engine tests")
-	}
-	c, err := executor.NewClient("")
-	if err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		defer cancel()
-		_, err = c.Ping(ctx)
-	}
-	if err == nil {
-		var resp *http.Response
-		if resp, err = http.Get("http://" + testRegistry + "/v2/"); err == nil {
-			resp.Body.Close()
-		}
-	}
-	if err != nil {
-		if os.Getenv("BERTH_REQUIRE_RIG") == "1" {
-			t.Fatalf("engine and registry required: %v", err)
-		}
-		t.Skipf("no engine or registry (run .ci/rig.sh up): %v", err)
-	}
-	return c
-}
+func realEngine(t *testing.T) *client.Client { return enginetest.EngineAndRegistry(t) }
 
 // release builds and pushes an image of the rig's app on busybox (for the
 // health check's wget); broken ones exit at start.

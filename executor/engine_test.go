@@ -16,30 +16,13 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/berthci/berth/executor/api"
+	"github.com/berthci/berth/executor/enginetest"
 	"github.com/berthci/berth/executor/settings"
 )
 
 // realEngine is the rig's Docker engine; without one the test is skipped,
 // or fails under BERTH_REQUIRE_RIG=1 (CI).
-func realEngine(t *testing.T) *client.Client {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("-short: no engine tests")
-	}
-	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		defer cancel()
-		_, err = c.Ping(ctx)
-	}
-	if err != nil {
-		if os.Getenv("BERTH_REQUIRE_RIG") == "1" {
-			t.Fatalf("Docker engine required: %v", err)
-		}
-		t.Skipf("no Docker engine (run .ci/rig.sh up): %v", err)
-	}
-	return c
-}
+func realEngine(t *testing.T) *client.Client { return enginetest.Engine(t) }
 
 func testExecutor(t *testing.T, eng Engine, job *Job) (*Executor, *bytes.Buffer) {
 	s := settings.Defaults()

@@ -2,7 +2,6 @@ package stages
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net/http"
 	"os"
@@ -15,38 +14,16 @@ import (
 	"github.com/docker/docker/client"
 	"github.com/docker/go-connections/nat"
 	"github.com/stretchr/testify/require"
+
+	"github.com/berthci/berth/executor/enginetest"
 )
 
 // Helpers for tests against the rig's engine and registry (.ci/rig.sh up).
 
-const testRegistry = "127.0.0.1:5000"
+const testRegistry = enginetest.Registry
 
-// realEngine skips without an engine, or fails under BERTH_REQUIRE_RIG=1.
-func realEngine(t *testing.T) *client.Client {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("-short: no engine tests")
-	}
-	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		defer cancel()
-		_, err = c.Ping(ctx)
-	}
-	if err == nil {
-		var resp *http.Response
-		if resp, err = http.Get("http://" + testRegistry + "/v2/"); err == nil {
-			resp.Body.Close()
-		}
-	}
-	if err != nil {
-		if os.Getenv("BERTH_REQUIRE_RIG") == "1" {
-			t.Fatalf("engine and registry required: %v", err)
-		}
-		t.Skipf("no engine or registry (run .ci/rig.sh up): %v", err)
-	}
-	return c
-}
+// realEngine is the rig's engine, with its registry.
+func realEngine(t *testing.T) *client.Client { return enginetest.EngineAndRegistry(t) }
 
 // unique is a name no other test run uses.
 func unique(prefix string) string {

@@ -1,0 +1,55 @@
+// Package enginetest gives tests the real Docker engine and registry of the
+// test rig (.ci/rig.sh up): without them a test skips, or fails under
+// BERTH_REQUIRE_RIG=1 (CI), so nothing passes by not running.
+package enginetest
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/client"
+)
+
+// Registry is the rig's registry.
+const Registry = "127.0.0.1:5000"
+
+// Engine is the rig's engine.
+func Engine(t testing.TB) *client.Client {
+	t.Helper()
+	return connect(t, false)
+}
+
+// EngineAndRegistry is the rig's engine, once its registry answers too.
+func EngineAndRegistry(t testing.TB) *client.Client {
+	t.Helper()
+	return connect(t, true)
+}
+
+func connect(t testing.TB, registry bool) *client.Client {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: no engine tests")
+	}
+	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_, err = c.Ping(ctx)
+	}
+	if err == nil && registry {
+		var resp *http.Response
+		if resp, err = http.Get("http://" + Registry + "/v2/"); err == nil {
+			resp.Body.Close()
+		}
+	}
+	if err != nil {
+		if os.Getenv("BERTH_REQUIRE_RIG") == "1" {
+			t.Fatalf("the test rig's engine and registry are required: %v", err)
+		}
+		t.Skipf("no engine or registry (run .ci/rig.sh up): %v", err)
+	}
+	return c
+}
