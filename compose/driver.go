@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/distribution/reference"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 
@@ -60,8 +59,7 @@ func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duratio
 
 // LockImage is the image of a container berth deployed in the project.
 func (d *Driver) LockImage(ctx context.Context) string {
-	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
-		filters.Arg("label", labelProject+"="+d.Spec.Project), filters.Arg("label", stages.LabelEnv+"="+d.Env))})
+	list, err := d.deployed(ctx)
 	if err != nil || len(list) == 0 {
 		return ""
 	}
@@ -74,11 +72,7 @@ func (d *Driver) Deploy(ctx context.Context, r stages.Release) error {
 	if err := stages.PullOnTarget(ctx, d.Engine, d.Creds, r.Image); err != nil {
 		return err
 	}
-	services, err := d.services(ctx, r.Image)
-	if err != nil {
-		return err
-	}
-	cur, running, err := d.state(ctx, services)
+	cur, running, err := d.state(ctx)
 	if err != nil {
 		return err
 	}
@@ -86,19 +80,19 @@ func (d *Driver) Deploy(ctx context.Context, r stages.Release) error {
 	if !running {
 		next = state{current: entryOf(r), earlier: cur.earlier}
 	}
-	return d.switchTo(ctx, services, next, cur, running, r.Tag)
+	return d.switchTo(ctx, next, cur, running, r.Tag)
 }
 
 // switchTo brings the project up at next; on failure back at cur.
-func (d *Driver) switchTo(ctx context.Context, services []string, next, cur state, hadCur bool, what string) error {
+func (d *Driver) switchTo(ctx context.Context, next, cur state, hadCur bool, what string) error {
 	t := time.Now()
-	fmt.Fprintf(d.Out, "berth: %s: compose up, project %s, %s on %s\n", d.Env, d.Spec.Project, strings.Join(services, ", "), orImage(next.current.Tag, next.current.Image))
-	res, err := d.Apply.Apply(ctx, d.request(services, next))
+	fmt.Fprintf(d.Out, "berth: %s: compose up, project %s, on %s\n", d.Env, d.Spec.Project, orImage(next.current.Tag, next.current.Image))
+	res, err := d.Apply.Apply(ctx, d.request(next))
 	if err != nil {
 		return err
 	}
 	if res.Error == "" {
-		fmt.Fprintf(d.Out, "berth: %s: up and running in %s\n", d.Env, time.Since(t).Round(time.Millisecond))
+		fmt.Fprintf(d.Out, "berth: %s: %s up and running in %s\n", d.Env, strings.Join(res.Services, ", "), time.Since(t).Round(time.Millisecond))
 		return nil
 	}
 	if res.Class != "build" {
@@ -116,7 +110,7 @@ func (d *Driver) switchTo(ctx context.Context, services []string, next, cur stat
 	failedEntry := next.current
 	failedEntry.Result = "failed, previous restored"
 	failed.earlier = append([]entry{failedEntry}, cur.earlier...)
-	back, err := d.Apply.Apply(context.WithoutCancel(ctx), d.request(services, failed))
+	back, err := d.Apply.Apply(context.WithoutCancel(ctx), d.request(failed))
 	if err == nil {
 		err = back.Err()
 	}
@@ -126,80 +120,39 @@ func (d *Driver) switchTo(ctx context.Context, services []string, next, cur stat
 	return executor.Buildf("%s: %s did not come up: %s\nThe previous digest (%s) serves again.", d.Env, what, failure, cur.current.Image)
 }
 
-func (d *Driver) request(services []string, s state) Request {
-	req := Request{
+func (d *Driver) request(s state) Request {
+	return Request{
 		DockerHost: d.DockerHost, SSHOptions: d.SSHOptions, Project: d.Spec.Project, WorkingDir: d.Dir,
 		Files: d.Spec.Files, EnvFiles: d.Spec.EnvFiles, Profiles: d.Spec.Profiles, WaitTimeout: d.Spec.WaitTimeout.D(),
-		Images: map[string]string{}, Labels: map[string]map[string]string{},
+		Image: s.current.Image, Services: d.Spec.Services, Labels: s.labels(d.Env, d.Spec.Keep),
 	}
-	for _, svc := range services {
-		req.Images[svc] = s.current.Image
-		req.Labels[svc] = s.labels(d.Env, d.Spec.Keep)
-	}
-	return req
 }
 
-// services are the ones that take the release: from berth.toml, else those
-// whose image is the release's repository.
-func (d *Driver) services(ctx context.Context, image string) ([]string, error) {
-	if len(d.Spec.Services) > 0 {
-		return d.Spec.Services, nil
-	}
-	res, err := d.Apply.Apply(ctx, Request{
-		DockerHost: d.DockerHost, SSHOptions: d.SSHOptions, Project: d.Spec.Project, WorkingDir: d.Dir,
-		Files: d.Spec.Files, EnvFiles: d.Spec.EnvFiles, Profiles: d.Spec.Profiles, ListOnly: true,
-	})
-	if err == nil {
-		err = res.Err()
-	}
-	if err != nil {
-		return nil, err
-	}
-	repo := repository(image)
-	var out []string
-	for svc, img := range res.Services {
-		if repository(img) == repo {
-			out = append(out, svc)
-		}
-	}
-	sort.Strings(out)
-	if len(out) == 0 {
-		return nil, executor.Buildf("%s: no service of project %s uses %s: name the ones that take it in environments.%s.compose.services", d.Env, d.Spec.Project, repo, d.Env)
-	}
-	return out, nil
-}
-
-func repository(image string) string {
-	n, err := reference.ParseNormalizedNamed(image)
-	if err != nil {
-		return image
-	}
-	return n.Name()
-}
-
-// state reads the environment from the newest container of the first
-// service that takes the release; running says whether one exists.
-func (d *Driver) state(ctx context.Context, services []string) (state, bool, error) {
+// deployed are the project's containers that berth deployed, newest first.
+func (d *Driver) deployed(ctx context.Context) ([]container.Summary, error) {
 	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
-		filters.Arg("label", labelProject+"="+d.Spec.Project), filters.Arg("label", labelService+"="+services[0]))})
+		filters.Arg("label", labelProject+"="+d.Spec.Project), filters.Arg("label", stages.LabelEnv+"="+d.Env))})
 	if err != nil {
-		return state{}, false, executor.Systemf("list the containers of project %s: %w", d.Spec.Project, err)
-	}
-	if len(list) == 0 {
-		return state{}, false, nil
+		return nil, executor.Systemf("list the containers of project %s: %w", d.Spec.Project, err)
 	}
 	sort.Slice(list, func(i, k int) bool { return list[i].Created > list[k].Created })
+	return list, nil
+}
+
+// state reads the environment from the newest container berth deployed in
+// the project; running says whether there is one.
+func (d *Driver) state(ctx context.Context) (state, bool, error) {
+	list, err := d.deployed(ctx)
+	if err != nil || len(list) == 0 {
+		return state{}, false, err
+	}
 	return stateOf(list[0].Labels, list[0].Image), true, nil
 }
 
 // Rollback brings back the newest earlier deployment that did not fail, or
 // the one whose tag or digest is to.
 func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, error) {
-	services, err := d.rollbackServices(ctx)
-	if err != nil {
-		return stages.Record{}, err
-	}
-	cur, ok, err := d.state(ctx, services)
+	cur, ok, err := d.state(ctx)
 	if err != nil {
 		return stages.Record{}, err
 	}
@@ -229,45 +182,15 @@ func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, er
 	back := *target
 	back.Result, back.Time = "", time.Now().UTC()
 	next := cur.then(back, "rolled back by "+by)
-	if err := d.switchTo(ctx, services, next, cur, true, "rollback to "+orImage(back.Tag, back.Image)); err != nil {
+	if err := d.switchTo(ctx, next, cur, true, "rollback to "+orImage(back.Tag, back.Image)); err != nil {
 		return stages.Record{}, err
 	}
 	return back.record("serving"), nil
 }
 
-// rollbackServices are the services that took releases: from berth.toml,
-// else those carrying berth's labels.
-func (d *Driver) rollbackServices(ctx context.Context) ([]string, error) {
-	if len(d.Spec.Services) > 0 {
-		return d.Spec.Services, nil
-	}
-	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
-		filters.Arg("label", labelProject+"="+d.Spec.Project), filters.Arg("label", stages.LabelEnv+"="+d.Env))})
-	if err != nil {
-		return nil, executor.Systemf("list the containers of project %s: %w", d.Spec.Project, err)
-	}
-	seen := map[string]bool{}
-	var out []string
-	for _, c := range list {
-		if s := c.Labels[labelService]; !seen[s] {
-			seen[s] = true
-			out = append(out, s)
-		}
-	}
-	sort.Strings(out)
-	if len(out) == 0 {
-		return nil, executor.Buildf("%s: no container of project %s was deployed by berth", d.Env, d.Spec.Project)
-	}
-	return out, nil
-}
-
 // History is the current deployment and the earlier ones, newest first.
 func (d *Driver) History(ctx context.Context) ([]stages.Record, error) {
-	services, err := d.rollbackServices(ctx)
-	if err != nil {
-		return nil, err
-	}
-	cur, ok, err := d.state(ctx, services)
+	cur, ok, err := d.state(ctx)
 	if err != nil || !ok {
 		return nil, err
 	}

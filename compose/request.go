@@ -26,14 +26,12 @@ type Request struct {
 	EnvFiles   []string `json:"env_files,omitempty"`
 	Profiles   []string `json:"profiles,omitempty"`
 
-	// Images and Labels of the services that take the release.
-	Images      map[string]string            `json:"images"`
-	Labels      map[string]map[string]string `json:"labels,omitempty"`
-	WaitTimeout time.Duration                `json:"wait_timeout"`
-
-	// ListOnly loads the project and reports its services and images,
-	// changing nothing.
-	ListOnly bool `json:"list_only,omitempty"`
+	// Image is what Services take, with Labels; no Services means every
+	// service whose image is Image's repository.
+	Image       string            `json:"image"`
+	Services    []string          `json:"services,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	WaitTimeout time.Duration     `json:"wait_timeout"`
 }
 
 // Result is berth-compose's answer.
@@ -45,8 +43,8 @@ type Result struct {
 	// Failing is the service that did not come up, and Logs its last lines.
 	Failing string `json:"failing,omitempty"`
 	Logs    string `json:"logs,omitempty"`
-	// Services maps each service of the project to its image (ListOnly).
-	Services map[string]string `json:"services,omitempty"`
+	// Services are the ones that took the image.
+	Services []string `json:"services,omitempty"`
 }
 
 // Applier runs a Request: the berth-compose binary (Helper), or

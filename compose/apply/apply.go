@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/distribution/reference"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/docker/cli/cli/command"
 	"github.com/docker/cli/cli/flags"
@@ -52,23 +54,17 @@ func (s *Service) Apply(ctx context.Context, req compose.Request) (compose.Resul
 	if err != nil {
 		return compose.Result{Error: err.Error(), Class: "build"}, nil
 	}
-	if req.ListOnly {
-		res := compose.Result{Services: map[string]string{}}
-		for name, svc := range project.Services {
-			res.Services[name] = svc.Image
-		}
-		return res, nil
+	services, err := chosen(project, req)
+	if err != nil {
+		return compose.Result{Error: err.Error(), Class: "build"}, nil
 	}
-	for name, img := range req.Images {
-		svc, ok := project.Services[name]
-		if !ok {
-			return compose.Result{Error: fmt.Sprintf("project %s has no service %q (check environments.*.compose.services and profiles)", project.Name, name), Class: "build"}, nil
+	for _, name := range services {
+		svc := project.Services[name]
+		svc.Image = req.Image
+		if svc.Labels == nil {
+			svc.Labels = types.Labels{}
 		}
-		svc.Image = img
-		for k, v := range req.Labels[name] {
-			if svc.Labels == nil {
-				svc.Labels = types.Labels{}
-			}
+		for k, v := range req.Labels {
 			svc.Labels[k] = v
 		}
 		project.Services[name] = svc
@@ -79,14 +75,47 @@ func (s *Service) Apply(ctx context.Context, req compose.Request) (compose.Resul
 		Start:  api.StartOptions{Project: project, Wait: true, WaitTimeout: timeout},
 	})
 	if err == nil {
-		return compose.Result{}, nil
+		return compose.Result{Services: services}, nil
 	}
 	if ctx.Err() != nil {
 		return compose.Result{}, ctx.Err()
 	}
-	res := compose.Result{Error: fmt.Sprintf("project %s did not come up: %v", project.Name, err), Class: "build"}
+	res := compose.Result{Services: services, Error: fmt.Sprintf("project %s did not come up: %v", project.Name, err), Class: "build"}
 	res.Failing, res.Logs = s.failing(ctx, project.Name)
 	return res, nil
+}
+
+// chosen are the services that take the image: the request's, or those
+// whose image is the image's repository.
+func chosen(project *types.Project, req compose.Request) ([]string, error) {
+	if len(req.Services) > 0 {
+		for _, name := range req.Services {
+			if _, ok := project.Services[name]; !ok {
+				return nil, fmt.Errorf("project %s has no service %q (check the environment's compose.services and profiles)", project.Name, name)
+			}
+		}
+		return req.Services, nil
+	}
+	repo := repository(req.Image)
+	var out []string
+	for name, svc := range project.Services {
+		if repository(svc.Image) == repo {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no service of project %s uses %s: name the ones that take it in the environment's compose.services", project.Name, repo)
+	}
+	return out, nil
+}
+
+func repository(image string) string {
+	n, err := reference.ParseNormalizedNamed(image)
+	if err != nil {
+		return image
+	}
+	return n.Name()
 }
 
 // Load reads the project as `docker compose` does: files, .env and env
