@@ -17,7 +17,7 @@ import (
 // compose file from the repository, the app service on the new digest.
 func TestE2EDevelopDeploysToCompose(t *testing.T) {
 	r := needRig(t)
-	r.withComposeHelper(t)
+	r.withHelper(t, "berth-compose")
 	project := fmt.Sprintf("berthe2e%d", time.Now().UnixNano()%1e8)
 	image := "127.0.0.1:5000/berth-e2e/" + project
 	repo := newAppRepo(t)

@@ -87,7 +87,7 @@ func serving(t *testing.T, r *rig, toml, env string) string {
 // through the real gitlab-runner: same results, same deployments.
 func TestExecAndTheRunnerAgree(t *testing.T) {
 	r := needRig(t)
-	r.withComposeHelper(t)
+	r.withHelper(t, "berth-compose")
 	repo := exampleRepo(t)
 	side := fmt.Sprintf("%d", time.Now().UnixNano()%1e7)
 	execTOML, runnerTOML := flowTOML(t, "x"+side, 6105), flowTOML(t, "r"+side, 6106)

@@ -6,18 +6,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-var kubeBuild struct {
-	once sync.Once
-	err  error
-}
 
 // withKube needs the test control plane (.ci/kube.sh up) and builds
 // berth-kube beside the berth under test.
@@ -38,14 +32,7 @@ func (r *rig) withKube(t *testing.T) (kubeconfig, kubectl string) {
 		}
 		t.Skip("no test control plane (run .ci/kube.sh up)")
 	}
-	kubeBuild.once.Do(func() {
-		build := exec.Command("go", "build", "-o", filepath.Join(filepath.Dir(r.berth), "berth-kube"), "../berth-kube")
-		build.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := build.CombinedOutput(); err != nil {
-			kubeBuild.err = fmt.Errorf("build berth-kube: %v\n%s", err, out)
-		}
-	})
-	require.NoError(t, kubeBuild.err)
+	r.withHelper(t, "berth-kube")
 	return kubeconfig, kubectl
 }
 

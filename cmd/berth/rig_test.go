@@ -225,21 +225,26 @@ func traceLines(trace string) string {
 	return tracePrefix.ReplaceAllString(trace, "")
 }
 
-var composeBuild struct {
+var helperBuilds sync.Map // helper name → *helperBuild
+
+type helperBuild struct {
 	once sync.Once
 	err  error
 }
 
-// withComposeHelper builds berth-compose beside the berth under test, where
-// berth looks for it; the first build links docker compose (minutes).
-func (r *rig) withComposeHelper(t *testing.T) {
+// withHelper builds a driver helper (berth-compose, berth-kube) beside the
+// berth under test, where berth looks for it; the first build links docker
+// compose or client-go (minutes).
+func (r *rig) withHelper(t *testing.T, name string) {
 	t.Helper()
-	composeBuild.once.Do(func() {
-		build := exec.Command("go", "build", "-o", filepath.Join(filepath.Dir(r.berth), "berth-compose"), "../berth-compose")
+	v, _ := helperBuilds.LoadOrStore(name, &helperBuild{})
+	b := v.(*helperBuild)
+	b.once.Do(func() {
+		build := exec.Command("go", "build", "-o", filepath.Join(filepath.Dir(r.berth), name), "../"+name)
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := build.CombinedOutput(); err != nil {
-			composeBuild.err = fmt.Errorf("build berth-compose: %v\n%s", err, out)
+			b.err = fmt.Errorf("build %s: %v\n%s", name, err, out)
 		}
 	})
-	require.NoError(t, composeBuild.err)
+	require.NoError(t, b.err)
 }
