@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -26,24 +27,26 @@ func exampleRepo(t *testing.T) *appRepo {
 	out, err := build.CombinedOutput()
 	require.NoError(t, err, string(out))
 	r.git("init", "-q", "-b", "master")
-	version := func(v string) {
-		df := filepath.Join(r.dir, "Dockerfile")
-		b, err := os.ReadFile(df)
-		require.NoError(t, err)
-		body := regexp.MustCompile(`(?m)^ENV APP_VERSION=.*\n`).ReplaceAllString(string(b), "") + "ENV APP_VERSION=" + v + "\n"
-		require.NoError(t, os.WriteFile(df, []byte(body), 0o644))
-		r.git("add", "-A")
-		r.git("commit", "-qm", v)
-	}
-	version("0.9.0")
+	exampleVersion(r, "0.9.0")
 	r.git("checkout", "-qb", "develop")
-	version("1.0.0-dev")
+	exampleVersion(r, "1.0.0-dev")
 	r.git("checkout", "-qb", "release-1.0.0")
-	version("1.0.0")
+	exampleVersion(r, "1.0.0")
 	r.git("tag", "v1.0.0")
 	r.git("checkout", "-q", "master")
 	r.git("merge", "-q", "--no-ff", "-m", "merge", "release-1.0.0")
 	return r
+}
+
+// exampleVersion commits a change that makes the example app report v.
+func exampleVersion(r *appRepo, v string) {
+	df := filepath.Join(r.dir, "Dockerfile")
+	b, err := os.ReadFile(df)
+	require.NoError(r.t, err)
+	body := regexp.MustCompile(`(?m)^ENV APP_VERSION=.*\n`).ReplaceAllString(string(b), "") + "ENV APP_VERSION=" + v + "\n"
+	require.NoError(r.t, os.WriteFile(df, []byte(body), 0o644))
+	r.git("add", "-A")
+	r.git("commit", "-qm", v)
 }
 
 // flowTOML gives one side of the comparison its own registry repository,
@@ -105,29 +108,44 @@ func TestExecAndTheRunnerAgree(t *testing.T) {
 	p, err := local.Load(filepath.Join(repo.dir, ".gitlab-ci.yml"))
 	require.NoError(t, err)
 
+	master := local.Ref{Name: "master"}
 	runs := []struct {
 		ref    local.Ref
+		jobs   []string // none: every job that runs for the ref
 		manual bool
+		before func()
+		serves string // what web serves afterwards, on both sides
 	}{
 		{ref: local.Ref{Name: "develop"}},
 		{ref: local.Ref{Name: "release-1.0.0"}},
 		{ref: local.Ref{Name: "v1.0.0", IsTag: true}},
-		{ref: local.Ref{Name: "master"}},
+		{ref: master, serves: "app 1.0.0"},
+		{ref: master, jobs: []string{"deploy"}, before: func() { exampleVersion(repo, "1.0.1") }, serves: "app 1.0.1"},
+		{ref: master, jobs: []string{"rollback"}, manual: true, serves: "app 1.0.0"},
 	}
 	summaryRe := regexp.MustCompile(`(?m)^(\S+)\s+(style|test|deploy|release)\s+(success|failed\S*|skipped)`)
 	for _, run := range runs {
+		if run.before != nil {
+			run.before()
+		}
 		// compose.yaml is read from the checkout: commit each side's own
 		// onto the ref (develop only deploys to compose)
 		args := []string{"--ref", run.ref.Name}
 		if run.ref.IsTag {
 			args = []string{"--tag", run.ref.Name}
 		}
+		execArgs := append([]string{}, args...)
+		if run.manual {
+			args = append(args, "--manual")
+			execArgs = append(execArgs, "--manual")
+		}
+		execArgs = append(execArgs, run.jobs...)
 		if run.ref.Name == "develop" {
 			repo.git("checkout", "-q", "develop")
 			compose("x"+side, 6107)
 			repo.git("commit", "-qam", "exec side")
 		}
-		cmd := exec.Command(r.berth, append([]string{"--config", execTOML, "exec"}, args...)...)
+		cmd := exec.Command(r.berth, append([]string{"--config", execTOML, "exec"}, execArgs...)...)
 		cmd.Dir = repo.dir
 		out, err := cmd.CombinedOutput()
 		require.NoError(t, err, string(out))
@@ -143,7 +161,8 @@ func TestExecAndTheRunnerAgree(t *testing.T) {
 		runnerResults := map[string]string{}
 		for _, j := range p.Jobs {
 			how := j.Applies(run.ref)
-			if how == "" || how == "manual" {
+			named := len(run.jobs) == 0 || slices.Contains(run.jobs, j.Name)
+			if how == "" || (how == "manual" && !run.manual) || !named {
 				continue
 			}
 			jobArgs := append([]string{"--repo", repo.dir, "--stage", j.Stage, "--name", j.Name, "--image", j.Image}, args...)
@@ -164,10 +183,12 @@ func TestExecAndTheRunnerAgree(t *testing.T) {
 			repo.git("checkout", "-q", "master")
 		}
 		assert.Equal(t, runnerResults, execResults, "%s: the same jobs, the same results", run.ref.Name)
+		if run.serves != "" {
+			assert.Equal(t, run.serves, httpGet("http://127.0.0.1:6105/"), "berth exec's web")
+			assert.Equal(t, run.serves, httpGet("http://127.0.0.1:6106/"), "the runner's web")
+		}
 	}
 	for _, env := range []string{"integration", "alpha", "web"} {
 		assert.Equal(t, serving(t, r, runnerTOML, env), serving(t, r, execTOML, env), "%s: the same deployment", env)
 	}
-	assert.Equal(t, "app 1.0.0", httpGet("http://127.0.0.1:6105/"))
-	assert.Equal(t, "app 1.0.0", httpGet("http://127.0.0.1:6106/"))
 }
