@@ -71,7 +71,7 @@ func Parse(path string, data []byte) (*Pipeline, error) {
 	if len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
 		return nil, fmt.Errorf("%s: not a mapping of keywords and jobs", path)
 	}
-	root := doc.Content[0]
+	root := resolve(doc.Content[0])
 	p := &Pipeline{Stages: []string{".pre", "build", "test", "deploy", ".post"}}
 	var defaults Job
 	type pending struct {
@@ -128,6 +128,54 @@ func Parse(path string, data []byte) (*Pipeline, error) {
 	// stage order, file order within a stage
 	sort.SliceStable(p.Jobs, func(a, b int) bool { return indexOf(p.Stages, p.Jobs[a].Stage) < indexOf(p.Stages, p.Jobs[b].Stage) })
 	return p, nil
+}
+
+// resolve follows YAML aliases and applies merge keys (<<: *anchor, as
+// GitLab's templates use them): explicit keys win over merged ones.
+func resolve(n *yaml.Node) *yaml.Node {
+	switch n.Kind {
+	case yaml.AliasNode:
+		return resolve(n.Alias)
+	case yaml.SequenceNode:
+		c := *n
+		c.Content = make([]*yaml.Node, len(n.Content))
+		for i, e := range n.Content {
+			c.Content[i] = resolve(e)
+		}
+		return &c
+	case yaml.MappingNode:
+		c := *n
+		c.Content = nil
+		seen := map[string]bool{}
+		add := func(k, v *yaml.Node) {
+			if !seen[k.Value] {
+				seen[k.Value] = true
+				c.Content = append(c.Content, k, resolve(v))
+			}
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value != "<<" {
+				add(n.Content[i], n.Content[i+1])
+			}
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value != "<<" {
+				continue
+			}
+			merged := resolve(n.Content[i+1])
+			sources := []*yaml.Node{merged}
+			if merged.Kind == yaml.SequenceNode {
+				sources = merged.Content
+			}
+			for _, src := range sources {
+				for j := 0; src.Kind == yaml.MappingNode && j+1 < len(src.Content); j += 2 {
+					add(src.Content[j], src.Content[j+1])
+				}
+			}
+		}
+		return &c
+	}
+	return n
 }
 
 // isKnownGlobal is a GitLab keyword that is not a job, supported or not.

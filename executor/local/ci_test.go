@@ -122,3 +122,30 @@ func TestRuleExpressions(t *testing.T) {
 		assert.Equal(t, tc.want, e.eval(vars), tc.expr)
 	}
 }
+
+func TestAnchorsAndMergeKeys(t *testing.T) {
+	p, err := Parse(".gitlab-ci.yml", []byte(`
+.defaults: &defaults
+  image: bash:local
+  tags: [berth]
+  variables: &vars {A: "1"}
+.lint: &lint [echo one, echo two]
+style:
+  <<: *defaults
+  script: *lint
+test:
+  <<: *defaults
+  image: busybox:local
+  variables:
+    <<: *vars
+    B: "2"
+  script: [echo test]
+`))
+	require.NoError(t, err)
+	require.Len(t, p.Jobs, 2)
+	style, test := p.Jobs[0], p.Jobs[1]
+	assert.Equal(t, "bash:local", style.Image)
+	assert.Equal(t, []string{"echo one", "echo two"}, style.Script)
+	assert.Equal(t, "busybox:local", test.Image, "an explicit key wins over a merged one")
+	assert.Equal(t, []Var{{"B", "2"}, {"A", "1"}}, test.Variables)
+}
