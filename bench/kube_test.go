@@ -63,7 +63,20 @@ func (k cluster) stuckNamespace(b *testing.B, name string) string {
 	ns := fmt.Sprintf("bench-%s-%d", name, time.Now().UnixNano()%1e8)
 	_, err := k.c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
 	must(b, err)
-	b.Cleanup(func() { _ = k.c.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
+	b.Cleanup(func() {
+		// the two sides share one node: free its CPU for the other
+		ctx := context.Background()
+		zero := int64(0)
+		_ = k.c.AppsV1().Deployments(ns).Delete(ctx, "app", metav1.DeleteOptions{})
+		_ = k.c.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{})
+		for i := 0; i < 100; i++ {
+			if pods, err := k.c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{}); err != nil || len(pods.Items) == 0 {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		_ = k.c.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
+	})
 	for i := 0; ; i++ {
 		if _, err := k.c.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err == nil {
 			break

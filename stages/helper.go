@@ -9,6 +9,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/berthci/berth/executor"
 )
@@ -40,6 +42,10 @@ func RunHelper(ctx context.Context, path string, req, res any, log io.Writer) er
 	}
 	var stdout bytes.Buffer
 	cmd := exec.CommandContext(ctx, path)
+	// a cancelled job: the helper gets SIGTERM and time to put the
+	// previous version back, as berth itself does
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = time.Minute
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = bytes.NewReader(in), &stdout, log
 	cmd.Env = HelperEnv(os.Environ())
 	runErr := cmd.Run()

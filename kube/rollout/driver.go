@@ -201,7 +201,7 @@ func (d *Driver) Deploy(ctx context.Context, r stages.Release, login *kube.Login
 	if prev == "" {
 		return executor.Buildf("%s: the rollout of %s failed: %s%s\nThere was no earlier revision to go back to.", d.Env, r.Tag, failure.reason, failure.details)
 	}
-	back, err := d.undo(ctx, prev, "failed")
+	back, err := d.undo(context.WithoutCancel(ctx), prev, "failed") // a cancelled job too leaves the old version serving
 	if err != nil {
 		return executor.Systemf("%s: the rollout of %s failed (%s), and undoing it failed too: %v", d.Env, r.Tag, failure.reason, err)
 	}

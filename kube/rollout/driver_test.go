@@ -62,7 +62,20 @@ func newFixture(t *testing.T, replicas int32, cpu string) *fixture {
 	ns := fmt.Sprintf("berth-test-%d", time.Now().UnixNano()%1e9)
 	_, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = c.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		// the tests share one node: free its CPU before the next one starts
+		ctx := context.Background()
+		zero := int64(0)
+		_ = c.AppsV1().Deployments(ns).Delete(ctx, "app", metav1.DeleteOptions{})
+		_ = c.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{})
+		for i := 0; i < 100; i++ {
+			if pods, err := c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{}); err != nil || len(pods.Items) == 0 {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		_ = c.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
+	})
 	require.Eventually(t, func() bool {
 		_, err := c.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{})
 		return err == nil
@@ -185,6 +198,27 @@ func TestRolloutThatCannotSucceedIsUndoneFast(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, fmt.Sprint(hist), "failed, previous restored")
 	assert.Contains(t, f.out.String(), "undoing it")
+}
+
+// A cancelled job (SIGTERM to berth-kube) does not leave a half-done
+// rollout: the previous version is put back.
+func TestCancelledRolloutIsUndone(t *testing.T) {
+	f := newFixture(t, 1, "10")
+	f.d.StuckAfter = time.Hour // only the cancel ends the wait
+	good := release("release-1.0.0", 1)
+	require.NoError(t, f.d.Deploy(context.Background(), good, nil))
+	_, err := f.c.CoreV1().Pods(f.ns).Create(context.Background(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "filler"},
+		Spec: corev1.PodSpec{NodeName: "kwok-node-0", Containers: []corev1.Container{{Name: "f", Image: "filler",
+			Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("20")}}}}},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err = f.d.Deploy(ctx, release("release-1.0.0", 2), nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "cancelled")
+	assert.Equal(t, good.Image, f.deployment(t).Spec.Template.Spec.Containers[0].Image, "the previous version again")
 }
 
 func TestGitOpsManagedDeploymentIsRefused(t *testing.T) {
