@@ -18,10 +18,6 @@ type Source struct {
 	User    string // GITLAB_USER_LOGIN: who runs berth exec
 }
 
-// Stages are the runner's stages that berth exec drives, in order; the
-// after_script stage runs whatever happened in build_script.
-var Stages = []string{"prepare_script", "get_sources", "build_script", "after_script"}
-
 // Payload is what GitLab would send a runner for the job: the trusted job
 // context berth reads from JOB_RESPONSE_FILE.
 func Payload(j *Job, src Source, id, pipeline int64, manual bool, projectDir string) *api.JobResponse {
