@@ -100,6 +100,10 @@ type KubeSpec struct {
 	// is the registry image.
 	Containers     []string `toml:"containers"`
 	RolloutTimeout Duration `toml:"rollout_timeout"`
+	// UnschedulableAfter is how long a new pod may stay unschedulable
+	// before the rollout counts as failed (a cluster autoscaler needs
+	// minutes to add a node).
+	UnschedulableAfter Duration `toml:"unschedulable_after"`
 	// PullSecret, if set, is the image pull secret berth creates or
 	// refreshes from the registry login and adds to the pod template.
 	PullSecret string `toml:"pull_secret"`
@@ -230,6 +234,9 @@ func (s *Settings) applyDeployDefaults() {
 		}
 		if env.Kube.RolloutTimeout == 0 {
 			env.Kube.RolloutTimeout = Duration(5 * time.Minute)
+		}
+		if env.Kube.UnschedulableAfter == 0 {
+			env.Kube.UnschedulableAfter = Duration(5 * time.Second)
 		}
 		s.Environments[name] = env
 	}

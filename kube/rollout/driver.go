@@ -50,10 +50,8 @@ type Driver struct {
 	Env    string
 	Spec   settings.KubeSpec
 	Out    io.Writer
-	// Poll is how often a rollout is looked at; StuckAfter how long a new
-	// pod may stay unschedulable before the rollout counts as failed.
-	Poll       time.Duration
-	StuckAfter time.Duration
+	// Poll is how often a rollout is looked at.
+	Poll time.Duration
 }
 
 func (d *Driver) poll() time.Duration {
@@ -64,10 +62,10 @@ func (d *Driver) poll() time.Duration {
 }
 
 func (d *Driver) stuckAfter() time.Duration {
-	if d.StuckAfter == 0 {
-		return 5 * time.Second
+	if d.Spec.UnschedulableAfter != 0 {
+		return d.Spec.UnschedulableAfter.D()
 	}
-	return d.StuckAfter
+	return 5 * time.Second
 }
 
 func (d *Driver) say(format string, args ...any) {

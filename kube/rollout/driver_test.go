@@ -98,8 +98,9 @@ func newFixture(t *testing.T, replicas int32, cpu string) *fixture {
 	_, err = c.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{})
 	require.NoError(t, err)
 	var out bytes.Buffer
-	d := &Driver{Client: c, Env: "alpha", Out: &out, Poll: 100 * time.Millisecond, StuckAfter: 2 * time.Second,
-		Spec: settings.KubeSpec{Namespace: ns, Deployment: "app", RolloutTimeout: settings.Duration(2 * time.Minute)}}
+	d := &Driver{Client: c, Env: "alpha", Out: &out, Poll: 100 * time.Millisecond,
+		Spec: settings.KubeSpec{Namespace: ns, Deployment: "app", RolloutTimeout: settings.Duration(2 * time.Minute),
+			UnschedulableAfter: settings.Duration(2 * time.Second)}}
 	f := &fixture{c: c, d: d, out: &out, ns: ns}
 	require.Nil(t, d.wait(ctx), "the Deployment as created rolls out")
 	return f
@@ -204,7 +205,7 @@ func TestRolloutThatCannotSucceedIsUndoneFast(t *testing.T) {
 // rollout: the previous version is put back.
 func TestCancelledRolloutIsUndone(t *testing.T) {
 	f := newFixture(t, 1, "10")
-	f.d.StuckAfter = time.Hour // only the cancel ends the wait
+	f.d.Spec.UnschedulableAfter = settings.Duration(time.Hour) // only the cancel ends the wait
 	good := release("release-1.0.0", 1)
 	require.NoError(t, f.d.Deploy(context.Background(), good, nil))
 	_, err := f.c.CoreV1().Pods(f.ns).Create(context.Background(), &corev1.Pod{
