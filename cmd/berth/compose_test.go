@@ -77,3 +77,40 @@ wait_timeout = "30s"
 	assert.Contains(t, string(out), "integration rolled back in")
 	assert.Equal(t, "app dev1", httpGet("http://127.0.0.1:6103/"))
 }
+
+// A compose environment on a Docker host reached over ssh://: berth-compose
+// dials it through docker's connection helper with the environment's ssh
+// options.
+func TestE2EComposeOverSSH(t *testing.T) {
+	r := needRig(t)
+	key := rigSSHKey(t)
+	r.withHelper(t, "berth-compose")
+	project := fmt.Sprintf("berthssh%d", time.Now().UnixNano()%1e8)
+	image := "127.0.0.1:5000/berth-e2e/" + project
+	repo := newAppRepo(t)
+	require.NoError(t, os.WriteFile(filepath.Join(repo.dir, "compose.yaml"), []byte(fmt.Sprintf(
+		"services:\n  web:\n    image: %s:develop\n    ports: [\"127.0.0.1:6109:5000\"]\n", image)), 0o644))
+	repo.commit("over-ssh")
+	repo.git("checkout", "-qb", "develop")
+	t.Cleanup(func() {
+		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+project).Output()
+		for _, id := range strings.Fields(string(out)) {
+			_ = exec.Command("docker", "rm", "-f", id).Run()
+		}
+		_ = exec.Command("docker", "network", "rm", project+"_default").Run()
+	})
+	toml := writeTOML(t, defaultTOML+fmt.Sprintf(`
+[registry]
+image = %q
+[environments.integration]
+driver = "compose"
+docker_host = "ssh://root@127.0.0.1:2222"
+ssh_options = ["-i", %q, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+[environments.integration.compose]
+project = %q
+`, image, key, project))
+	res := r.runJob(t, toml, "--repo", repo.dir, "--ref", "develop", "--stage", "deploy", "--image", "busybox:local")
+	require.Equal(t, "success", res.State, traceLines(res.Trace))
+	assert.Equal(t, "app over-ssh", httpGet("http://127.0.0.1:6109/"))
+	r.requireNothingLeft(t, res.JobID)
+}

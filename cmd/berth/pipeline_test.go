@@ -206,10 +206,9 @@ health_url = "http://127.0.0.1:6101/health"
 	r.requireNothingLeft(t, res.JobID)
 }
 
-// A target reached over ssh://, through docker's own connection helper, to
-// the rig's sshd on loopback (.ci/rig.sh sshd).
-func TestE2EDeployToSSHDockerHost(t *testing.T) {
-	r := needRig(t)
+// rigSSHKey is the key of the rig's sshd on 127.0.0.1:2222 (root).
+func rigSSHKey(t *testing.T) string {
+	t.Helper()
 	rigDir := os.Getenv("BERTH_RIG_DIR")
 	if rigDir == "" {
 		rigDir = "/var/tmp/berth-rig"
@@ -221,6 +220,14 @@ func TestE2EDeployToSSHDockerHost(t *testing.T) {
 		}
 		t.Skipf("no rig sshd (run .ci/rig.sh sshd)")
 	}
+	return key
+}
+
+// A target reached over ssh://, through docker's own connection helper, to
+// the rig's sshd on loopback (.ci/rig.sh sshd).
+func TestE2EDeployToSSHDockerHost(t *testing.T) {
+	r := needRig(t)
+	key := rigSSHKey(t)
 	repo := newAppRepo(t)
 	repo.commit("over-ssh")
 	web := fmt.Sprintf("berth-e2e-ssh-%d", time.Now().UnixNano()%1e8)
