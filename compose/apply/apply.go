@@ -148,7 +148,7 @@ func Load(ctx context.Context, req compose.Request) (*types.Project, error) {
 	}
 	project, err := opts.LoadProject(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("load compose project %s from %s: %w (berth history and rollback read relative compose files from the current directory: run them from a checkout of the project, or make the environment's compose.files absolute)", req.Project, req.WorkingDir, err)
+		return nil, fmt.Errorf("load compose project %s from %s: %w (berth rollback reads relative compose files from the current directory: run it from a checkout of the project, or make the environment's compose.files absolute)", req.Project, req.WorkingDir, err)
 	}
 	for name, s := range project.Services {
 		s.CustomLabels = map[string]string{
