@@ -113,7 +113,7 @@ type KubeSpec struct {
 // some of whose services take the new image.
 type ComposeSpec struct {
 	// Files are relative to the checked-out sources (to the current
-	// directory for berth history/rollback), or absolute on the runner
+	// directory for berth rollback by hand), or absolute on the runner
 	// host; empty is compose's own lookup (compose.yaml, ...).
 	Files []string `toml:"files"`
 	// Project is the compose project name; default the environment's name.
