@@ -32,13 +32,7 @@ func TestE2EDevelopDeploysToCompose(t *testing.T) {
 `, image)), 0o644))
 	repo.commit("dev1")
 	repo.git("checkout", "-qb", "develop")
-	t.Cleanup(func() {
-		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+project).Output()
-		for _, id := range strings.Fields(string(out)) {
-			_ = exec.Command("docker", "rm", "-f", id).Run()
-		}
-		_ = exec.Command("docker", "network", "rm", project+"_default").Run()
-	})
+	removeComposeProject(t, project)
 	toml := writeTOML(t, defaultTOML+fmt.Sprintf(`
 [registry]
 image = %q
@@ -92,13 +86,7 @@ func TestE2EComposeOverSSH(t *testing.T) {
 		"services:\n  web:\n    image: %s:develop\n    ports: [\"127.0.0.1:6109:5000\"]\n", image)), 0o644))
 	repo.commit("over-ssh")
 	repo.git("checkout", "-qb", "develop")
-	t.Cleanup(func() {
-		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+project).Output()
-		for _, id := range strings.Fields(string(out)) {
-			_ = exec.Command("docker", "rm", "-f", id).Run()
-		}
-		_ = exec.Command("docker", "network", "rm", project+"_default").Run()
-	})
+	removeComposeProject(t, project)
 	toml := writeTOML(t, defaultTOML+fmt.Sprintf(`
 [registry]
 image = %q
@@ -113,4 +101,16 @@ project = %q
 	require.Equal(t, "success", res.State, traceLines(res.Trace))
 	assert.Equal(t, "app over-ssh", httpGet("http://127.0.0.1:6109/"))
 	r.requireNothingLeft(t, res.JobID)
+}
+
+// removeComposeProject removes, when the test ends, what a compose
+// environment's project made: its containers and its default network.
+func removeComposeProject(t *testing.T, project string) {
+	t.Cleanup(func() {
+		out, _ := exec.Command("docker", "ps", "-aq", "--filter", "label=com.docker.compose.project="+project).Output()
+		for _, id := range strings.Fields(string(out)) {
+			_ = exec.Command("docker", "rm", "-f", id).Run()
+		}
+		_ = exec.Command("docker", "network", "rm", project+"_default").Run()
+	})
 }

@@ -94,11 +94,11 @@ func TestExecAndTheRunnerAgree(t *testing.T) {
 	repo := exampleRepo(t)
 	side := fmt.Sprintf("%d", time.Now().UnixNano()%1e7)
 	execTOML, runnerTOML := flowTOML(t, "x"+side, 6105), flowTOML(t, "r"+side, 6106)
+	removeComposeProject(t, "berth-flow-x"+side)
+	removeComposeProject(t, "berth-flow-r"+side)
 	t.Cleanup(func() {
-		for _, s := range []string{"x" + side, "r" + side} {
-			removeByName(r, "berth-flow-"+s)
-			_ = exec.Command("docker", "network", "rm", "berth-flow-"+s+"_default").Run()
-		}
+		removeByName(r, "berth-flow-x"+side)
+		removeByName(r, "berth-flow-r"+side)
 	})
 	// the compose file's web: a port and repository of each side's own
 	compose := func(s string, port int) {

@@ -106,6 +106,17 @@ func newFixture(t *testing.T, replicas int32, cpu string) *fixture {
 	return f
 }
 
+// fillNode takes 20 of the node's 32 CPUs, so that a next revision of a
+// 10-CPU Deployment has no room.
+func (f *fixture) fillNode(t *testing.T) {
+	_, err := f.c.CoreV1().Pods(f.ns).Create(context.Background(), &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "filler"},
+		Spec: corev1.PodSpec{NodeName: "kwok-node-0", Containers: []corev1.Container{{Name: "f", Image: "filler",
+			Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("20")}}}}},
+	}, metav1.CreateOptions{})
+	require.NoError(t, err)
+}
+
 func release(tag string, n int) stages.Release {
 	digest := fmt.Sprintf("sha256:%064x", n)
 	return stages.Release{Env: "alpha", Image: repo + "@" + digest, Digest: digest, Tag: tag, Ref: tag, Pipeline: int64(100 + n), Job: int64(1000 + n), By: "tester"}
@@ -175,16 +186,10 @@ func TestRolloutThatCannotSucceedIsUndoneFast(t *testing.T) {
 	ctx := context.Background()
 	good := release("release-1.0.0", 1)
 	require.NoError(t, f.d.Deploy(ctx, good, nil), f.out.String())
-	// fill the node so that the next revision's pod has no room
-	_, err := f.c.CoreV1().Pods(f.ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "filler"},
-		Spec: corev1.PodSpec{NodeName: "kwok-node-0", Containers: []corev1.Container{{Name: "f", Image: "filler",
-			Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("20")}}}}},
-	}, metav1.CreateOptions{})
-	require.NoError(t, err)
+	f.fillNode(t)
 
 	t0 := time.Now()
-	err = f.d.Deploy(ctx, release("release-1.0.0", 2), nil)
+	err := f.d.Deploy(ctx, release("release-1.0.0", 2), nil)
 	took := time.Since(t0)
 	require.Error(t, err)
 	assert.Equal(t, executor.BuildFailure, executor.ClassOf(err))
@@ -208,15 +213,10 @@ func TestCancelledRolloutIsUndone(t *testing.T) {
 	f.d.Spec.UnschedulableAfter = settings.Duration(time.Hour) // only the cancel ends the wait
 	good := release("release-1.0.0", 1)
 	require.NoError(t, f.d.Deploy(context.Background(), good, nil))
-	_, err := f.c.CoreV1().Pods(f.ns).Create(context.Background(), &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "filler"},
-		Spec: corev1.PodSpec{NodeName: "kwok-node-0", Containers: []corev1.Container{{Name: "f", Image: "filler",
-			Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("20")}}}}},
-	}, metav1.CreateOptions{})
-	require.NoError(t, err)
+	f.fillNode(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	err = f.d.Deploy(ctx, release("release-1.0.0", 2), nil)
+	err := f.d.Deploy(ctx, release("release-1.0.0", 2), nil)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "cancelled")
 	assert.Equal(t, good.Image, f.deployment(t).Spec.Template.Spec.Containers[0].Image, "the previous version again")
