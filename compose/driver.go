@@ -25,7 +25,6 @@ const (
 // Engine is what the driver needs from the target engine itself.
 type Engine interface {
 	stages.LockEngine
-	stages.Puller
 	ContainerList(ctx context.Context, opts container.ListOptions) ([]container.Summary, error)
 }
 
@@ -48,13 +47,7 @@ var _ stages.Driver = (*Driver)(nil)
 
 // Lock is the same lock as the container driver's, on the target engine.
 func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duration) (func(), error) {
-	if h.Image == "" {
-		return nil, executor.Systemf("no image on the target to make the lock of %s from: deploy a version first", d.Env)
-	}
-	if err := stages.PullOnTarget(ctx, d.Engine, d.Creds, h.Image); err != nil {
-		return nil, err
-	}
-	return stages.EngineLock(ctx, d.Engine, d.Out, d.Env, h, timeout)
+	return stages.EngineLock(ctx, d.Engine, d.Creds, d.Out, d.Env, h, timeout)
 }
 
 // LockImage is the image of a container berth deployed in the project.

@@ -54,7 +54,6 @@ type ContainerEngine interface {
 	ContainerExecCreate(ctx context.Context, id string, opts container.ExecOptions) (container.ExecCreateResponse, error)
 	ContainerExecAttach(ctx context.Context, id string, opts container.ExecAttachOptions) (types.HijackedResponse, error)
 	ContainerExecInspect(ctx context.Context, id string) (container.ExecInspect, error)
-	Puller
 	ImageImport(ctx context.Context, src image.ImportSource, ref string, opts image.ImportOptions) (io.ReadCloser, error)
 	ServerVersion(ctx context.Context) (types.Version, error)
 }
@@ -75,16 +74,9 @@ type ContainerDriver struct {
 
 var _ Driver = (*ContainerDriver)(nil)
 
-// Lock makes the holder's image present on the target first: the lock is a
-// container of it, and a remote target may not have it yet.
+// Lock takes the environment's lock on the target engine.
 func (d *ContainerDriver) Lock(ctx context.Context, h Holder, timeout time.Duration) (func(), error) {
-	if h.Image == "" {
-		return nil, executor.Systemf("no image on the target to make the lock of %s from: deploy a version first", d.Env)
-	}
-	if err := PullOnTarget(ctx, d.Engine, d.Creds, h.Image); err != nil {
-		return nil, err
-	}
-	return EngineLock(ctx, d.Engine, d.Out, d.Env, h, timeout)
+	return EngineLock(ctx, d.Engine, d.Creds, d.Out, d.Env, h, timeout)
 }
 
 // Deploy: pull by digest, create the new container while the old one still

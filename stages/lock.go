@@ -30,14 +30,23 @@ func LockName(env string) string { return "berth-lock-" + env }
 
 // LockEngine is what a lock needs from an engine.
 type LockEngine interface {
+	Puller
 	ContainerCreate(ctx context.Context, cfg *container.Config, host *container.HostConfig, net *network.NetworkingConfig, platform *ocispec.Platform, name string) (container.CreateResponse, error)
 	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
 	ContainerRemove(ctx context.Context, id string, opts container.RemoveOptions) error
 }
 
 // EngineLock takes an environment's lock on a Docker engine: creating a
-// named container is atomic, so the name is the lock. It is never started.
-func EngineLock(ctx context.Context, eng LockEngine, out io.Writer, env string, h Holder, timeout time.Duration) (func(), error) {
+// named container is atomic, so the name is the lock. It is never started,
+// but it is a container of h.Image, which is pulled first: a remote target
+// may not have it yet.
+func EngineLock(ctx context.Context, eng LockEngine, creds *Credentials, out io.Writer, env string, h Holder, timeout time.Duration) (func(), error) {
+	if h.Image == "" {
+		return nil, executor.Systemf("no image on the target to make the lock of %s from: deploy a version first", env)
+	}
+	if err := PullOnTarget(ctx, eng, creds, h.Image); err != nil {
+		return nil, err
+	}
 	name := LockName(env)
 	now := time.Now()
 	labels := map[string]string{
