@@ -4,7 +4,7 @@
 #   .ci/rig.sh up        install what is missing, start engine + registry, build images
 #   .ci/rig.sh engine    only the engine
 #   .ci/rig.sh registry  only the registry on 127.0.0.1:5000
-#   .ci/rig.sh images    only the test images (busybox:local, bash:local, web:local)
+#   .ci/rig.sh images    only the test images (busybox:local, bash:local, berth-helper:local, web:local)
 #   .ci/rig.sh runner    build the real gitlab-runner; prints its bin dir last
 #   .ci/rig.sh sshd      an sshd on 127.0.0.1:2222 for ssh:// docker hosts (key in $BERTH_RIG_DIR/ssh)
 #   .ci/rig.sh down      stop the engine and registry this script started
@@ -110,6 +110,7 @@ images() {
 		docker_cli build -q -t bash:local "$ctx" >&2
 		rm -rf "$ctx"
 	fi
+	helper_image
 	# web:local, the example app FROM scratch
 	local stamp
 	stamp=$(cat "$root"/examples/app/*.go "$root"/examples/app/Dockerfile | sha256sum | cut -c1-12)
@@ -120,7 +121,36 @@ images() {
 		docker_cli build -q --label "berth.rig.stamp=$stamp" -t web:local "$ctx" >&2
 		rm -rf "$ctx"
 	fi
-	say "images ready: busybox:local bash:local web:local"
+	say "images ready: busybox:local bash:local berth-helper:local web:local"
+}
+
+# berth-helper:local, the job helper image (berth.toml job.helper_image):
+# bash:local plus this host's git and git-lfs with the libraries they link,
+# what GitLab's helper image has; gitlab-runner is mounted by berth.
+helper_image() {
+	apt_install git git-lfs ca-certificates
+	local stamp ctx f
+	stamp=$( (git --version; git-lfs --version; echo 1) | sha256sum | cut -c1-12)
+	if [ "$(docker_cli image inspect -f '{{index .Config.Labels "berth.rig.stamp"}}' berth-helper:local 2>/dev/null)" = "$stamp" ]; then
+		return 0
+	fi
+	ctx=$(mktemp -d)
+	mkdir -p "$ctx/root/usr/bin" "$ctx/root/usr/lib" "$ctx/root/usr/share" "$ctx/root/etc/ssl/certs"
+	cp -a /usr/bin/git /usr/bin/git-lfs "$ctx/root/usr/bin/"
+	cp -a /usr/lib/git-core "$ctx/root/usr/lib/"
+	cp -a /usr/share/git-core "$ctx/root/usr/share/"
+	cp -L /etc/ssl/certs/ca-certificates.crt "$ctx/root/etc/ssl/certs/"
+	printf 'root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n' >"$ctx/root/etc/passwd"
+	printf 'root:x:0:\nnogroup:x:65534:\n' >"$ctx/root/etc/group"
+	for f in /usr/bin/git /usr/bin/git-lfs /usr/lib/git-core/*; do
+		[ -L "$f" ] && continue
+		{ ldd "$f" 2>/dev/null || true; } | { grep -o '/[^ ]*' || true; } | while read -r lib; do
+			[ -e "$ctx/root$lib" ] || { mkdir -p "$ctx/root$(dirname "$lib")"; cp -L "$lib" "$ctx/root$lib"; }
+		done
+	done
+	printf 'FROM bash:local\nCOPY root/ /\nENV PATH=/usr/local/bin:/usr/bin:/bin HOME=/root\nRUN ["/bin/mkdir","-p","/root"]\n' >"$ctx/Dockerfile"
+	docker_cli build -q --label "berth.rig.stamp=$stamp" -t berth-helper:local "$ctx" >&2
+	rm -rf "$ctx"
 }
 
 runner() {

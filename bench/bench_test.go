@@ -51,7 +51,7 @@ func setup(b *testing.B) *env {
 	}
 	e := &env{dir: b.TempDir(), shared: filepath.Join(shared, "gitlab-runner")}
 	toml := filepath.Join(e.dir, "berth.toml")
-	body := fmt.Sprintf("builds_dir = %q\ncache_dir = %q\n[job]\ndefault_image = \"busybox:local\"\n", filepath.Join(e.dir, "builds"), filepath.Join(e.dir, "cache"))
+	body := fmt.Sprintf("builds_dir = %q\ncache_dir = %q\n[job]\ndefault_image = \"busybox:local\"\nhelper_image = \"berth-helper:local\"\n", filepath.Join(e.dir, "builds"), filepath.Join(e.dir, "cache"))
 	must(b, os.WriteFile(toml, []byte(body), 0o644))
 	e.drivers = []driver{
 		{name: "berth", exe: berth, args: []string{"--config", toml}},

@@ -300,6 +300,7 @@ func BenchmarkDeployJob(b *testing.B) {
 cache_dir = %q
 [job]
 default_image = "busybox:local"
+helper_image = "berth-helper:local"
 [registry]
 image = %q
 [environments.web]

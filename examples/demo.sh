@@ -79,6 +79,7 @@ builds_dir = "$work/builds"
 cache_dir = "$work/cache"
 [job]
 default_image = "busybox:local"
+helper_image = "berth-helper:local"
 [registry]
 image = "$registry"
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +19,16 @@ import (
 // and its builds dir. It is idempotent and works without a prepare.
 func (e *Executor) Cleanup(ctx context.Context) error {
 	var errs []error
+	// first the builds dir: what root wrote in it goes through the helper
+	dir := JobDir(e.Settings, e.Job)
+	if err := removeJobDir(e.Settings.BuildsDir, dir); errors.Is(err, fs.ErrPermission) {
+		if cerr := e.clearAsRoot(ctx, dir); cerr != nil {
+			e.Log.WithError(cerr).Warnf("job %d: clear %s as root", e.Job.ID, dir)
+		}
+		errs = append(errs, removeJobDir(e.Settings.BuildsDir, dir))
+	} else {
+		errs = append(errs, err)
+	}
 	n, err := e.removeContainers(ctx, container.ListOptions{All: true, Filters: e.jobFilter()})
 	errs = append(errs, err)
 	// deploy locks this job still holds on this engine: a cancelled or
@@ -32,7 +43,6 @@ func (e *Executor) Cleanup(ctx context.Context) error {
 	for _, nw := range nets {
 		errs = append(errs, removeNetwork(ctx, e.Engine, nw.ID, nw.Name))
 	}
-	errs = append(errs, removeJobDir(e.Settings.BuildsDir, JobDir(e.Settings, e.Job)))
 	if err := errors.Join(errs...); err != nil {
 		return System(err)
 	}
@@ -79,7 +89,7 @@ func removeJobDir(buildsDir, dir string) error {
 		return fmt.Errorf("refusing to remove %s: not below builds_dir %s", dir, buildsDir)
 	}
 	if err := os.RemoveAll(dir); err != nil {
-		return fmt.Errorf("remove builds dir %s: %w (files written by a container as another user? remove them by hand)", dir, err)
+		return fmt.Errorf("remove builds dir %s: %w", dir, err)
 	}
 	return nil
 }

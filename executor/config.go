@@ -10,11 +10,12 @@ const DriverName = "berth"
 
 // ConfigFor is what `berth config` prints. Each job gets its own builds dir,
 // named by the job id from the payload, so a job's sources are never shared
-// with another and the path cannot be steered by job variables.
+// with another and the path cannot be steered by job variables; and its
+// project's own cache dir, so no job reads another project's caches.
 func ConfigFor(s *settings.Settings, job *Job, version, hostname string) api.ConfigOutput {
 	return api.ConfigOutput{
 		BuildsDir:         JobDir(s, job),
-		CacheDir:          s.CacheDir,
+		CacheDir:          CacheDirFor(s, job),
 		BuildsDirIsShared: false,
 		Hostname:          hostname,
 		Driver:            api.Driver{Name: DriverName, Version: version},

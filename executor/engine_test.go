@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -28,6 +29,7 @@ func testExecutor(t *testing.T, eng Engine, job *Job) (*Executor, *bytes.Buffer)
 	s := settings.Defaults()
 	s.BuildsDir = t.TempDir()
 	s.CacheDir = t.TempDir()
+	s.Job.HelperImage = enginetest.HelperImage
 	var out bytes.Buffer
 	log := logrus.New()
 	log.SetOutput(&out)
@@ -56,7 +58,7 @@ func TestCleanupIsIdempotentAndNeedsNoPrepare(t *testing.T) {
 
 	require.NoError(t, e.Prepare(ctx))
 	nc, nn := jobLeftovers(t, c, e)
-	assert.Equal(t, 1, nc)
+	assert.Equal(t, 2, nc, "the job container and its helper")
 	assert.Equal(t, 1, nn)
 	require.NoError(t, e.Cleanup(ctx))
 	require.NoError(t, e.Cleanup(ctx), "a second cleanup")
@@ -125,4 +127,30 @@ func TestSweepRemovesOnlyJobsThatAreOver(t *testing.T) {
 	res, err = sw.Sweep(ctx, SweepOptions{Project: project, OlderThan: time.Nanosecond})
 	require.NoError(t, err)
 	assert.Contains(t, res.Containers, "berth-job-"+strconv.FormatInt(base+1, 10), "--older-than overrides the deadline")
+}
+
+// What root wrote in the builds dir, from a container, is removed through
+// a container: the runner's user may not be allowed to.
+func TestClearAsRootEmptiesTheBuildsDir(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	e, _ := testExecutor(t, c, testJob(time.Now().UnixNano()%1e9, "busybox:local"))
+	defer func() { _ = e.Cleanup(ctx) }()
+	require.NoError(t, e.Prepare(ctx))
+	dir := JobDir(e.Settings, e.Job)
+	code, err := e.execWait(ctx, ContainerName(e.Job), []string{"sh", "-c", "mkdir -p " + dir + "/p/.hidden/d && touch " + dir + "/p/.hidden/d/f " + dir + "/.dot && chmod -R 0500 " + dir + "/p"})
+	require.NoError(t, err)
+	require.Zero(t, code)
+	require.NoError(t, e.clearAsRoot(ctx, dir), "through the helper")
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.Empty(t, entries)
+
+	// without a helper: a one-off container of the helper image
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "q"), 0o755))
+	require.NoError(t, c.ContainerRemove(ctx, HelperName(e.Job), container.RemoveOptions{Force: true}))
+	require.NoError(t, e.clearAsRoot(ctx, dir))
+	entries, err = os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.Empty(t, entries)
 }

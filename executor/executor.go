@@ -31,6 +31,7 @@ type Engine interface {
 	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
 	ContainerList(ctx context.Context, opts container.ListOptions) ([]container.Summary, error)
 	ContainerRemove(ctx context.Context, id string, opts container.RemoveOptions) error
+	ContainerWait(ctx context.Context, id string, condition container.WaitCondition) (<-chan container.WaitResponse, <-chan error)
 	ContainerLogs(ctx context.Context, id string, opts container.LogsOptions) (io.ReadCloser, error)
 	ContainerExecCreate(ctx context.Context, id string, opts container.ExecOptions) (container.ExecCreateResponse, error)
 	ContainerExecAttach(ctx context.Context, execID string, opts container.ExecAttachOptions) (types.HijackedResponse, error)
@@ -52,6 +53,9 @@ type Executor struct {
 	// LocalEngine says the engine runs on this host, so container IPs are
 	// reachable for the service port wait.
 	LocalEngine bool
+	// RunnerBinary is the static gitlab-runner mounted into the helper
+	// container; empty uses the helper image's own.
+	RunnerBinary string
 	// Native, when set, performs the build_script stage in place of the
 	// job's script (a deploy or release stage).
 	Native func(ctx context.Context) error

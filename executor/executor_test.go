@@ -17,12 +17,12 @@ import (
 
 func TestRoute(t *testing.T) {
 	tests := map[string]Place{
-		"prepare_script": OnHost, "get_sources": OnHost, "clear_worktree": OnHost,
-		"restore_cache": OnHost, "download_artifacts": OnHost,
+		"prepare_script": InHelper, "get_sources": InHelper, "clear_worktree": InHelper,
+		"restore_cache": InHelper, "download_artifacts": InHelper,
 		"build_script": InContainer, "step_script": InContainer, "step_release": InContainer,
-		"after_script": InContainer, "archive_cache": OnHost, "archive_cache_on_failure": OnHost,
-		"upload_artifacts_on_success": OnHost, "upload_artifacts_on_failure": OnHost,
-		"cleanup_file_variables": OnHost,
+		"after_script": InContainer, "archive_cache": InHelper, "archive_cache_on_failure": InHelper,
+		"upload_artifacts_on_success": InHelper, "upload_artifacts_on_failure": InHelper,
+		"cleanup_file_variables": InHelper,
 	}
 	for stage, want := range tests {
 		assert.Equal(t, want, Route(stage), stage)

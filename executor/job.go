@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/berthci/berth/executor/api"
@@ -12,14 +13,25 @@ import (
 
 // Job is the trusted job context, read from JOB_RESPONSE_FILE only.
 type Job struct {
-	ID       int64
-	Name     string
-	Stage    string
-	Pipeline int64
-	Project  string // full path, group/app
-	Ref      string
-	RefType  string // api.RefTypeBranch or api.RefTypeTag
-	Sha      string
+	ID        int64
+	Name      string
+	Stage     string
+	Pipeline  int64
+	Project   string // full path, group/app
+	ProjectID int64
+	Ref       string
+	RefType   string // api.RefTypeBranch or api.RefTypeTag
+	Sha       string
+	// Protected is git_info.protected: GitLab protects the ref. An older
+	// GitLab that does not send it counts as unprotected.
+	Protected bool
+	// ProtectedKnown says the payload carried git_info.protected.
+	ProtectedKnown bool
+	// ProtectedCacheKey says GitLab gave a cache key of a protected ref
+	// (its "-protected" suffix), which keeps the protected caches too.
+	ProtectedCacheKey bool
+	// RepoURL is where get_sources fetches from.
+	RepoURL  string
 	Timeout  time.Duration
 	Image    api.Image
 	Services []api.Image
@@ -60,15 +72,17 @@ func NewJob(r *api.JobResponse) *Job {
 	if timeout <= 0 {
 		timeout = time.Hour // GitLab's default job timeout
 	}
-	return &Job{
+	j := &Job{
 		ID:          r.ID,
 		Name:        r.JobInfo.Name,
 		Stage:       r.JobInfo.Stage,
 		Pipeline:    r.JobInfo.PipelineID,
 		Project:     r.JobInfo.ProjectFullPath,
+		ProjectID:   r.JobInfo.ProjectID,
 		Ref:         r.GitInfo.Ref,
 		RefType:     r.GitInfo.RefType,
 		Sha:         r.GitInfo.Sha,
+		RepoURL:     r.GitInfo.RepoURL,
 		Timeout:     timeout,
 		Image:       r.Image,
 		Services:    r.Services,
@@ -77,20 +91,30 @@ func NewJob(r *api.JobResponse) *Job {
 		AfterScript: after,
 		token:       r.Token,
 	}
+	if r.GitInfo.Protected != nil {
+		j.Protected, j.ProtectedKnown = *r.GitInfo.Protected, true
+	}
+	for _, c := range r.Cache {
+		if strings.HasSuffix(c.Key, "-protected") && !strings.HasSuffix(c.Key, "-non_protected") {
+			j.ProtectedCacheKey = true
+		}
+	}
+	return j
+}
+
+// RegistryLogin is the registry login GitLab sends with the job (the job
+// token, for the GitLab container registry): its host, user and password.
+func (j *Job) RegistryLogin() (host, user, password string) {
+	for _, c := range j.Credentials {
+		if c.Type == "registry" && c.URL != "" {
+			return RegistryHost(c.URL), c.Username, c.Password
+		}
+	}
+	return "", "", ""
 }
 
 // IDString is the job id as labels and names use it.
 func (j *Job) IDString() string { return strconv.FormatInt(j.ID, 10) }
-
-// Var is a job variable's value, and whether it is set.
-func (j *Job) Var(key string) (string, bool) {
-	for i := len(j.Variables) - 1; i >= 0; i-- { // the last definition wins
-		if j.Variables[i].Key == key {
-			return j.Variables[i].Value, true
-		}
-	}
-	return "", false
-}
 
 // Secrets are the values that must never be printed: the job token,
 // registry passwords and masked variables.

@@ -41,29 +41,38 @@ func (e *Executor) Prepare(ctx context.Context) error {
 		return Buildf("the job has no image: and berth.toml sets no job.default_image: add image: to the job in .gitlab-ci.yml")
 	}
 
-	for _, dir := range []string{JobDir(e.Settings, e.Job), e.Settings.CacheDir} {
+	for _, dir := range []string{JobDir(e.Settings, e.Job), CacheDirFor(e.Settings, e.Job)} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return Systemf("create %s on the runner host: %w (check berth.toml builds_dir/cache_dir and their permissions)", dir, err)
 		}
 	}
 
-	if !needsContainer {
-		e.stepf("berth: native stage without after_script: no job container needed")
-		return nil
-	}
 	t := e.Now()
-	if err := e.pullFor("image", img, e.Job.Image.PullPolicy); err != nil {
-		return err
-	}
-	for _, svc := range e.Job.Services {
-		if err := e.pullFor("service", svc.Name, svc.PullPolicy); err != nil {
+	if needsContainer {
+		if err := e.pullFor("image", img, e.Job.Image.PullPolicy); err != nil {
 			return err
 		}
+		for _, svc := range e.Job.Services {
+			if err := e.pullFor("service", svc.Name, svc.PullPolicy); err != nil {
+				return err
+			}
+		}
+	}
+	if err := e.ensureHelperImage(); err != nil {
+		return err
 	}
 	pullTook := since(t)
 
 	if err := e.createNetwork(ctx); err != nil {
 		return err
+	}
+	if !needsContainer {
+		t = e.Now()
+		if err := e.startHelper(ctx); err != nil {
+			return err
+		}
+		e.stepf("berth: native stage without after_script: no job container needed; helper started (%s)", since(t))
+		return nil
 	}
 	t = e.Now()
 	var started []serviceRef
@@ -77,17 +86,24 @@ func (e *Executor) Prepare(ctx context.Context) error {
 	}
 	svcTook := since(t)
 
+	// the job container and its helper start side by side
 	t = e.Now()
-	if err := e.startJobContainer(ctx, img); err != nil {
+	helperErr := make(chan error, 1)
+	go func() { helperErr <- e.startHelper(ctx) }()
+	err := e.startJobContainer(ctx, img)
+	if herr := <-helperErr; err == nil {
+		err = herr
+	}
+	if err != nil {
 		return err
 	}
-	e.stepf("berth: container %s started (%s)", ContainerName(e.Job), since(t))
+	e.stepf("berth: container %s and its helper started (%s)", ContainerName(e.Job), since(t))
 	e.waitServices(ctx, started)
 	e.stepf("berth: prepared in %s (images %s, services %s)", since(start), pullTook, svcTook)
 	return nil
 }
 
-// pullFor is ensureImage with the job log line.
+// pullFor is ensureImage with the job log line, for the job's images.
 func (e *Executor) pullFor(what, ref string, asked []string) error {
 	policy, err := e.pullPolicy(ref, asked)
 	if err != nil {
@@ -210,9 +226,10 @@ func (e *Executor) startJobContainer(ctx context.Context, img string) error {
 		cfg.Entrypoint = e.Job.Image.Entrypoint
 		cfg.Cmd = []string{"sh"}
 	}
+	cache := CacheDirFor(e.Settings, e.Job)
 	mounts := []mount.Mount{
 		{Type: mount.TypeBind, Source: dir, Target: dir},
-		{Type: mount.TypeBind, Source: e.Settings.CacheDir, Target: e.Settings.CacheDir},
+		{Type: mount.TypeBind, Source: cache, Target: cache},
 	}
 	host := e.hostConfig(mounts)
 	host.NetworkMode = container.NetworkMode(NetworkName(e.Job))

@@ -54,10 +54,37 @@ func (e *Executor) ensureImage(ctx context.Context, ref, policy string) (bool, e
 	return true, e.pull(ctx, ref)
 }
 
+// ensureHelperImage makes the operator's helper image present, with the
+// operator's pull policy and without the job's credentials. A helper image
+// that cannot be had is the host's fault.
+func (e *Executor) ensureHelperImage() error {
+	ref := e.Settings.Job.HelperImage
+	ctx := context.Background() // bounded by the pull's own timeout
+	if e.Settings.Job.PullPolicy != settings.PullAlways {
+		if _, err := e.Engine.ImageInspect(ctx, ref); err == nil {
+			return nil
+		}
+	}
+	t := e.Now()
+	if err := e.pullWith(ctx, ref, ""); err != nil {
+		return Systemf("helper image: %v (set job.helper_image in berth.toml to an image with git and bash that this engine can pull)", err)
+	}
+	e.stepf("berth: helper image %s pulled (%s)", ref, since(t))
+	return nil
+}
+
 func (e *Executor) pull(ctx context.Context, ref string) error {
 	auth, err := e.registryAuth(ref)
 	if err != nil {
 		return Systemf("encode registry credentials for %s: %w", ref, err)
+	}
+	return e.pullWith(ctx, ref, auth)
+}
+
+// pullWith pulls with an encoded login; "" pulls anonymously.
+func (e *Executor) pullWith(ctx context.Context, ref, auth string) error {
+	if auth == "" {
+		auth, _ = registry.EncodeAuthConfig(registry.AuthConfig{}) // the engine wants the header
 	}
 	// bound a pull that hangs on a dead registry
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
@@ -120,7 +147,7 @@ func (e *Executor) registryAuth(ref string) (string, error) {
 	}
 	domain := reference.Domain(named)
 	for _, c := range e.Job.Credentials {
-		if c.Type == "registry" && registryHost(c.URL) == domain {
+		if c.Type == "registry" && RegistryHost(c.URL) == domain {
 			return registry.EncodeAuthConfig(registry.AuthConfig{Username: c.Username, Password: c.Password, ServerAddress: c.URL})
 		}
 	}
@@ -128,8 +155,8 @@ func (e *Executor) registryAuth(ref string) (string, error) {
 	return registry.EncodeAuthConfig(registry.AuthConfig{})
 }
 
-// registryHost reduces "https://registry.example.com/" to its host[:port].
-func registryHost(url string) string {
+// RegistryHost reduces "https://registry.example.com/" to its host[:port].
+func RegistryHost(url string) string {
 	url = strings.TrimPrefix(strings.TrimPrefix(url, "https://"), "http://")
 	host, _, _ := strings.Cut(url, "/")
 	if host == "index.docker.io" || host == "registry-1.docker.io" {

@@ -6,9 +6,9 @@ import "strings"
 type Place int
 
 const (
-	// OnHost: sources, caches and artifacts, in the bind-mounted builds dir,
-	// where git and gitlab-runner are.
-	OnHost Place = iota
+	// InHelper: sources, caches, artifacts and file variables, in the
+	// job's helper container (helper.go), never on the runner host.
+	InHelper Place = iota
 	// InContainer: the job's own script, in the job container.
 	InContainer
 )
@@ -21,6 +21,6 @@ func Route(stage string) Place {
 	case stage == "build_script", stage == "after_script", strings.HasPrefix(stage, "step_"):
 		return InContainer
 	default:
-		return OnHost
+		return InHelper
 	}
 }

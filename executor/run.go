@@ -5,8 +5,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"os/exec"
-	"syscall"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
@@ -28,12 +26,13 @@ func (e *Executor) Run(ctx context.Context, script, stage, exitCodeFile string) 
 		return Systemf("truncate BUILD_EXIT_CODE_FILE: %w", err)
 	}
 	var err error
-	if e.Native != nil && (stage == "build_script" || stage == "step_script") {
+	switch {
+	case e.Native != nil && (stage == "build_script" || stage == "step_script"):
 		err = e.Native(ctx)
-	} else if Route(stage) == InContainer {
-		err = e.runInContainer(ctx, script, stage)
-	} else {
-		err = e.runOnHost(ctx, script, stage)
+	case Route(stage) == InContainer:
+		err = e.runIn(ctx, ContainerName(e.Job), script, stage)
+	default:
+		err = e.runIn(ctx, HelperName(e.Job), script, stage)
 	}
 	var se *ScriptExit
 	if errors.As(err, &se) {
@@ -48,14 +47,17 @@ func (e *Executor) Run(ctx context.Context, script, stage, exitCodeFile string) 
 // errCancelled is the build failure of a stage stopped by SIGTERM.
 var errCancelled = Buildf("job cancelled: the script was stopped")
 
-func (e *Executor) runInContainer(ctx context.Context, scriptPath, stage string) error {
+// runIn streams the stage's script into a shell in the named container
+// (the job's, or its helper) and waits for it.
+func (e *Executor) runIn(ctx context.Context, name, scriptPath, stage string) error {
 	f, err := os.Open(scriptPath)
 	if err != nil {
 		return Systemf("open stage script: %w", err)
 	}
 	defer f.Close()
-	name := ContainerName(e.Job)
-	e.stepf("berth: %s in container %s", stage, name)
+	if name == ContainerName(e.Job) {
+		e.stepf("berth: %s in container %s", stage, name)
+	}
 
 	// The exec outlives ctx: on cancel we stop the script ourselves and
 	// still read its last output.
@@ -68,11 +70,11 @@ func (e *Executor) runInContainer(ctx context.Context, scriptPath, stage string)
 		WorkingDir:   JobDir(e.Settings, e.Job),
 	})
 	if err != nil {
-		return Systemf("start %s in job container %s: %w (was prepare run, or the container removed?)", stage, name, err)
+		return Systemf("start %s in container %s: %w (was prepare run, or the container removed?)", stage, name, err)
 	}
 	hj, err := e.Engine.ContainerExecAttach(bg, ex.ID, container.ExecAttachOptions{})
 	if err != nil {
-		return Systemf("attach to %s in job container %s: %w", stage, name, err)
+		return Systemf("attach to %s in container %s: %w", stage, name, err)
 	}
 	defer hj.Close()
 	go func() {
@@ -142,39 +144,4 @@ func (e *Executor) signalAll(ctx context.Context, name, sig string) {
 	if err != nil {
 		e.Log.WithError(err).Warnf("job %d: send %s to the script", e.Job.ID, sig)
 	}
-}
-
-// runOnHost runs a source, cache or artifact stage with the host's bash, in
-// its own process group so a cancel reaches git and its children.
-func (e *Executor) runOnHost(ctx context.Context, scriptPath, stage string) error {
-	cmd := exec.Command("bash", scriptPath)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return Systemf("start %s on the runner host: %w (bash must be installed)", stage, err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	var err error
-	select {
-	case err = <-done:
-	case <-ctx.Done():
-		grace := e.Settings.Job.StopGrace.D()
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(grace):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-done
-		}
-		return errCancelled
-	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return &ScriptExit{Code: ee.ExitCode()}
-	}
-	if err != nil {
-		return Systemf("%s on the runner host: %w", stage, err)
-	}
-	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -32,9 +33,15 @@ type app struct {
 func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 	switch cmd {
 	case "version":
+		if len(args) != 0 {
+			return executor.Systemf("version takes no arguments")
+		}
 		fmt.Fprintf(a.stdout, "berth %s\n", version)
 		return nil
 	case "check":
+		if len(args) != 0 {
+			return executor.Systemf("check takes no arguments but --config FILE")
+		}
 		return a.check()
 	case "config":
 		return a.config()
@@ -146,6 +153,14 @@ func (a *app) executor() (*executor.Executor, error) {
 	}
 	ex := executor.New(eng, a.settings, a.job, a.stdout, log, version)
 	ex.LocalEngine = local
+	var why string
+	ex.RunnerBinary, why = executor.FindRunnerBinary(a.settings.Job.RunnerBinary, os.Getppid(), exec.LookPath)
+	if why != "" {
+		if a.settings.Job.RunnerBinary != "" {
+			return nil, executor.Systemf("job.runner_binary: %s: name a static gitlab-runner, or set it to %q to use the helper image's own", why, settings.RunnerBinaryImage)
+		}
+		log.Warnf("helper containers use job.helper_image's own gitlab-runner: %s", why)
+	}
 	return ex, a.wireNative(ex, eng)
 }
 
@@ -168,8 +183,12 @@ func (a *app) check() error {
 	if a.source.Path != "" {
 		from = a.source.Path + " (" + a.source.Reason + ")"
 	}
-	fmt.Fprintf(a.stdout, "# berth %s: settings from %s are valid; effective settings:\n", version, from)
-	return toml.NewEncoder(a.stdout).Encode(a.settings)
+	fmt.Fprintf(a.stdout, "# berth %s: settings from %s are valid\n", version, from)
+	for _, w := range a.settings.Warnings() {
+		fmt.Fprintf(a.stdout, "# warning: %s\n", w)
+	}
+	fmt.Fprintf(a.stdout, "# effective settings (passwords, env values and build args shown as %s):\n", settings.Masked)
+	return toml.NewEncoder(a.stdout).Encode(a.settings.Redacted())
 }
 
 func (a *app) sweep(ctx context.Context, args []string) error {

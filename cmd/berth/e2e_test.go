@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-const defaultTOML = "[job]\ndefault_image = \"busybox:local\"\n"
+const defaultTOML = "[job]\ndefault_image = \"busybox:local\"\nhelper_image = \"berth-helper:local\"\n"
 
 // Each test runs one job through the real runner and checks the engine is
 // left clean afterwards.

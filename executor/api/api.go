@@ -33,6 +33,12 @@ type JobResponse struct {
 	Image       Image         `json:"image"`
 	Services    []Image       `json:"services"`
 	Credentials []Credentials `json:"credentials"`
+	Cache       []Cache       `json:"cache"`
+}
+
+// Cache is one of the job's cache: entries; berth reads only its key.
+type Cache struct {
+	Key string `json:"key"`
 }
 
 type JobInfo struct {
@@ -59,6 +65,9 @@ type GitInfo struct {
 	RefType   string   `json:"ref_type"`
 	Refspecs  []string `json:"refspecs"`
 	Depth     int      `json:"depth"`
+	// Protected is whether GitLab protects the ref (GitLab 18.3 and later
+	// send it); nil when an older GitLab did not say.
+	Protected *bool `json:"protected"`
 }
 
 type RunnerInfo struct {

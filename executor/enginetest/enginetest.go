@@ -13,6 +13,9 @@ import (
 	"github.com/docker/docker/client"
 )
 
+// HelperImage is the rig's job helper image (berth.toml job.helper_image).
+const HelperImage = "berth-helper:local"
+
 // Registry is the rig's registry.
 const Registry = "127.0.0.1:5000"
 

@@ -25,11 +25,13 @@ func Payload(j *Job, src Source, id, pipeline int64, manual bool, projectDir str
 	if src.Ref.IsTag {
 		refType = api.RefTypeTag
 	}
+	// as GitLab's defaults protect them
+	protected := src.Ref.IsTag || src.Ref.Name == "main" || src.Ref.Name == "master"
 	r := &api.JobResponse{
 		ID:         id,
 		Token:      "berth-exec-" + strconv.FormatInt(id, 10), // no GitLab behind it; redacted all the same
 		JobInfo:    api.JobInfo{ID: id, Name: j.Name, Stage: j.Stage, ProjectFullPath: src.Project, ProjectName: lastPart(src.Project), PipelineID: pipeline},
-		GitInfo:    api.GitInfo{RepoURL: src.Repo, Ref: src.Ref.Name, Sha: src.Sha, RefType: refType},
+		GitInfo:    api.GitInfo{RepoURL: "file://" + src.Repo, Ref: src.Ref.Name, Sha: src.Sha, RefType: refType, Protected: &protected},
 		RunnerInfo: api.RunnerInfo{Timeout: 3600},
 		Image:      api.Image{Name: j.Image},
 	}
@@ -95,8 +97,9 @@ func Script(stage string, p *api.JobResponse, j *Job, projectDir, status string)
 	case "get_sources":
 		fmt.Fprintf(&b, "rm -rf %[1]s\nmkdir -p %[1]s\n", quote(projectDir))
 		fmt.Fprintf(&b, "echo %s\n", quote(fmt.Sprintf("Checking out %s as %s...", p.GitInfo.Sha[:min(8, len(p.GitInfo.Sha))], p.GitInfo.Ref)))
-		fmt.Fprintf(&b, "git clone -q --no-checkout %s %s\n", quote(p.GitInfo.RepoURL), quote(projectDir))
-		fmt.Fprintf(&b, "git -c advice.detachedHead=false -C %s checkout -q %s\n", quote(projectDir), quote(p.GitInfo.Sha))
+		// the helper runs as root; the repository is the user's, mounted read-only
+		fmt.Fprintf(&b, "git -c safe.directory='*' clone -q --no-checkout %s %s\n", quote(p.GitInfo.RepoURL), quote(projectDir))
+		fmt.Fprintf(&b, "git -c safe.directory='*' -c advice.detachedHead=false -C %s checkout -q %s\n", quote(projectDir), quote(p.GitInfo.Sha))
 	case "build_script", "after_script":
 		for _, v := range p.Variables {
 			fmt.Fprintf(&b, "export %s=%s\n", v.Key, quote(v.Value))

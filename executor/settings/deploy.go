@@ -3,8 +3,11 @@ package settings
 import (
 	"errors"
 	"fmt"
+	"path"
 	"regexp"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -24,8 +27,10 @@ const (
 
 // Registry is where built images go.
 type Registry struct {
-	// Image is the repository, without tag; empty means the job's
-	// CI_REGISTRY_IMAGE.
+	// Image is the repository, without tag; "{project}" in it is the job's
+	// project path (job_info.project_full_path, lowercased). Empty means the
+	// GitLab registry of the job's payload credentials, at the project's
+	// path. A job's CI_REGISTRY_IMAGE never counts.
 	Image    string `toml:"image"`
 	Username string `toml:"username"`
 	Password string `toml:"password"`
@@ -69,8 +74,12 @@ type Environment struct {
 	// (CI_JOB_MANUAL=true).
 	Manual bool `toml:"manual"`
 	// Protected environments deploy only from refs that GitLab protects
-	// and that a flow sends there.
+	// (the payload's git_info.protected) and that a flow sends there.
 	Protected bool `toml:"protected"`
+	// Projects may deploy and roll back the environment: full paths, or
+	// "group/*" for a group's projects. Empty: the first project that
+	// deploys it owns it (recorded at the target).
+	Projects []string `toml:"projects"`
 	// LockTimeout bounds the wait for another deploy of the environment.
 	LockTimeout Duration `toml:"lock_timeout"`
 	// DockerHost is the target engine (unix://, tcp://, ssh://); empty is
@@ -126,6 +135,25 @@ type ComposeSpec struct {
 	WaitTimeout Duration `toml:"wait_timeout"`
 	// Keep is how many earlier deployments the history remembers.
 	Keep int `toml:"keep"`
+	// Allow lets the project's compose file use what berth refuses by
+	// default (ComposeAllowances).
+	Allow []string `toml:"allow"`
+}
+
+// ComposeAllowances are what a compose file from the checkout may use only
+// when the environment's compose.allow names it.
+var ComposeAllowances = []string{
+	"privileged",      // privileged: true
+	"cap_add",         // added capabilities
+	"devices",         // host devices
+	"host_namespaces", // network_mode/pid/ipc/uts/userns_mode/cgroup: host, or another container's
+	"security_opt",    // seccomp, apparmor or label overrides
+	"bind_mounts",     // host paths as volumes (bind mounts, local volumes with a device)
+	"docker_socket",   // the Docker socket, even where bind_mounts is allowed
+	"host_files",      // env_file, secrets, configs, extends or include outside the checkout
+	"names",           // container, network and volume names berth uses (berth-*, the environments' containers)
+	"berth_labels",    // berth.* labels, which berth writes itself
+	"registry_logins", // the runner's docker logins for the other services' images
 }
 
 // ContainerSpec renders the one container of a `container` environment.
@@ -296,6 +324,16 @@ func (s *Settings) validateDeploy() error {
 		if env.Compose.Keep < 0 {
 			bad("environments."+name+".compose.keep", "must not be negative")
 		}
+		for _, a := range env.Compose.Allow {
+			if !slices.Contains(ComposeAllowances, a) {
+				bad("environments."+name+".compose.allow", "%q is not something berth refuses (use %s)", a, strings.Join(ComposeAllowances, ", "))
+			}
+		}
+		for _, p := range env.Projects {
+			if !validProjectPattern(p) {
+				bad("environments."+name+".projects", "%q is not a project path (group/app) or a group's projects (group/*)", p)
+			}
+		}
 		if p := env.Container.PortsOn; p != PortsOnAnchor && p != PortsOnContainer {
 			bad("environments."+name+".container.ports_on", "%q is not a place (use anchor or container)", p)
 		}
@@ -310,4 +348,34 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+var projectPathRe = regexp.MustCompile(`^[A-Za-z0-9_.][A-Za-z0-9_.-]*(/[A-Za-z0-9_.][A-Za-z0-9_.-]*)+$`)
+
+func validProjectPattern(p string) bool {
+	if group, ok := strings.CutSuffix(p, "/*"); ok {
+		return projectPathRe.MatchString(group + "/x")
+	}
+	return projectPathRe.MatchString(p)
+}
+
+// ProjectAllowed says whether a project (full path) matches one of the
+// environment's projects: an exact path, or "group/*" for every project
+// below group, subgroups included. Paths compare as GitLab does, without
+// case.
+func ProjectAllowed(patterns []string, project string) bool {
+	project = strings.ToLower(path.Clean(project))
+	for _, p := range patterns {
+		p = strings.ToLower(p)
+		if group, ok := strings.CutSuffix(p, "/*"); ok {
+			if strings.HasPrefix(project, group+"/") {
+				return true
+			}
+			continue
+		}
+		if p == project {
+			return true
+		}
+	}
+	return false
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 )
@@ -63,6 +64,33 @@ type Job struct {
 	// Memory limit in bytes for each container (0: none) and CPUs (0: none).
 	Memory int64   `toml:"memory"`
 	CPUs   float64 `toml:"cpus"`
+	// HelperImage runs every stage that is not the job's own script:
+	// get_sources with its hooks, caches, artifacts, file variables. It
+	// needs git and bash; the runner's helper commands come from
+	// RunnerBinary.
+	HelperImage string `toml:"helper_image"`
+	// RunnerBinary is a static gitlab-runner on this host, mounted into the
+	// helper container as gitlab-runner: "" finds the runner that started
+	// berth, RunnerBinaryImage uses the image's own gitlab-runner or
+	// gitlab-runner-helper.
+	RunnerBinary string `toml:"runner_binary"`
+	// HelperNetwork is the Docker network of the helper container; "" is the
+	// job's own network, as the Docker executor does.
+	HelperNetwork string `toml:"helper_network"`
+}
+
+// RunnerBinaryImage says the helper image brings its own runner binary.
+const RunnerBinaryImage = "image"
+
+// DefaultHelperImage is GitLab's helper image for this machine's
+// architecture: git, git-lfs and bash. berth mounts the runner's own binary
+// into it, so its version need not match the runner's.
+func DefaultHelperImage() string {
+	arch := map[string]string{"amd64": "x86_64", "arm64": "arm64", "arm": "arm", "s390x": "s390x", "ppc64le": "ppc64le", "riscv64": "riscv64"}[runtime.GOARCH]
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	return "registry.gitlab.com/gitlab-org/gitlab-runner/gitlab-runner-helper:" + arch + "-v18.5.0"
 }
 
 // Defaults is the configuration used when no file exists; a file overrides
@@ -78,6 +106,7 @@ func Defaults() Settings {
 			AllowedPullPolicies: []string{PullAlways, PullIfNotPresent},
 			StopGrace:           Duration(5 * time.Second),
 			ServiceWait:         Duration(30 * time.Second),
+			HelperImage:         DefaultHelperImage(),
 		},
 	}
 	s.applyDeployDefaults()
@@ -135,6 +164,12 @@ func (s *Settings) Validate() error {
 	}
 	if s.Job.Memory < 0 || s.Job.CPUs < 0 {
 		bad("job", "memory and cpus must not be negative")
+	}
+	if s.Job.HelperImage == "" {
+		bad("job.helper_image", "must name an image with git and bash (default %s)", DefaultHelperImage())
+	}
+	if r := s.Job.RunnerBinary; r != "" && r != RunnerBinaryImage && !filepath.IsAbs(r) {
+		bad("job.runner_binary", "%q must be an absolute path to a static gitlab-runner, %q, or empty (the runner that started berth)", r, RunnerBinaryImage)
 	}
 	errs = append(errs, s.validateDeploy())
 	return errors.Join(errs...)
@@ -219,4 +254,44 @@ func Load(flagPath string, getenv func(string) string) (*Settings, Source, error
 		return nil, src, err
 	}
 	return &s, src, nil
+}
+
+// Masked stands for a secret in what berth prints.
+const Masked = "[MASKED]"
+
+// Redacted is a copy of s without secrets, for `berth check`: the registry
+// password, the containers' env values and the build args.
+func (s *Settings) Redacted() Settings {
+	out := *s
+	if out.Registry.Password != "" {
+		out.Registry.Password = Masked
+	}
+	if len(s.Build.Args) > 0 {
+		out.Build.Args = map[string]string{}
+		for k := range s.Build.Args {
+			out.Build.Args[k] = Masked
+		}
+	}
+	out.Environments = map[string]Environment{}
+	for name, env := range s.Environments {
+		env.Container.Env = append([]string(nil), env.Container.Env...)
+		for i, kv := range env.Container.Env {
+			k, _, _ := strings.Cut(kv, "=")
+			env.Container.Env[i] = k + "=" + Masked
+		}
+		out.Environments[name] = env
+	}
+	return out
+}
+
+// Warnings are settings that are valid but likely not what the operator
+// means.
+func (s *Settings) Warnings() []string {
+	var out []string
+	for _, name := range sortedKeys(s.Environments) {
+		if env := s.Environments[name]; env.Manual && !env.Protected {
+			out = append(out, fmt.Sprintf("environment %s is manual but not protected: manual guards against accidents only (a job can set CI_JOB_MANUAL itself); set protected = true, with GitLab's protected tags or branches, to make it a boundary", name))
+		}
+	}
+	return out
 }
