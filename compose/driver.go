@@ -25,6 +25,7 @@ const (
 // Engine is what the driver needs from the target engine itself.
 type Engine interface {
 	stages.LockEngine
+	stages.Puller
 	ContainerList(ctx context.Context, opts container.ListOptions) ([]container.Summary, error)
 }
 
@@ -41,22 +42,21 @@ type Driver struct {
 	// Dir is where relative compose files are: the checked-out sources in
 	// a job, the current directory for operator commands.
 	Dir string
+	// Reserved are the container names of berth's other environments,
+	// which the compose file must not take.
+	Reserved []string
 }
 
 var _ stages.Driver = (*Driver)(nil)
 
 // Lock is the same lock as the container driver's, on the target engine.
 func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duration) (func(), error) {
-	return stages.EngineLock(ctx, d.Engine, d.Creds, d.Out, d.Env, h, timeout)
+	return stages.EngineLock(ctx, d.Engine, d.Out, d.Env, h, timeout)
 }
 
-// LockImage is the image of a container berth deployed in the project.
-func (d *Driver) LockImage(ctx context.Context) string {
-	list, err := d.deployed(ctx)
-	if err != nil || len(list) == 0 {
-		return ""
-	}
-	return list[0].ImageID
+// Owner is the project that owns the environment, from its ledger.
+func (d *Driver) Owner(ctx context.Context, claim string) (string, error) {
+	return stages.LedgerOwner(ctx, d.Engine, d.Env, claim)
 }
 
 // Deploy points the services at the release by digest and brings the
@@ -65,28 +65,29 @@ func (d *Driver) Deploy(ctx context.Context, r stages.Release) error {
 	if err := stages.PullOnTarget(ctx, d.Engine, d.Creds, r.Image); err != nil {
 		return err
 	}
-	cur, running, err := d.state(ctx)
+	led, err := d.ledger(ctx)
 	if err != nil {
 		return err
 	}
-	next := cur.then(entryOf(r), "replaced")
-	if !running {
-		next = state{current: entryOf(r), earlier: cur.earlier}
-	}
-	return d.switchTo(ctx, next, cur, running, r.Tag)
+	return d.switchTo(ctx, led, stages.EntryOf(r, "", stages.ResultServing), stages.ResultReplaced, r.Tag)
 }
 
-// switchTo brings the project up at next; on failure back at cur.
-func (d *Driver) switchTo(ctx context.Context, next, cur state, hadCur bool, what string) error {
+// switchTo brings the project up at next, which replaces the serving
+// entry (recorded with result); on failure the serving entry goes back.
+// The ledger records either way.
+func (d *Driver) switchTo(ctx context.Context, led stages.Ledger, next stages.Entry, result, what string) error {
+	cur, hadCur := led.Serving()
 	t := time.Now()
-	fmt.Fprintf(d.Out, "berth: %s: compose up, project %s, on %s\n", d.Env, d.Spec.Project, orImage(next.current.Tag, next.current.Image))
+	fmt.Fprintf(d.Out, "berth: %s: compose up, project %s, on %s\n", d.Env, d.Spec.Project, orImage(next.Tag, next.Image))
 	res, err := d.Apply.Apply(ctx, d.request(next))
 	if err != nil {
 		return err
 	}
 	if res.Error == "" {
 		fmt.Fprintf(d.Out, "berth: %s: %s up and running in %s\n", d.Env, strings.Join(res.Services, ", "), time.Since(t).Round(time.Millisecond))
-		return nil
+		led.Push(next, result)
+		d.trim(&led)
+		return stages.WriteLedger(ctx, d.Engine, led)
 	}
 	if res.Class != "build" {
 		return res.Err()
@@ -95,70 +96,78 @@ func (d *Driver) switchTo(ctx context.Context, next, cur state, hadCur bool, wha
 	if res.Logs != "" {
 		failure += fmt.Sprintf("\nLast log lines of %s:\n%s", res.Failing, strings.TrimRight(res.Logs, "\n"))
 	}
+	next.Result = stages.ResultFailed
+	led.Push(next, "")
+	d.trim(&led)
+	if werr := stages.WriteLedger(ctx, d.Engine, led); werr != nil {
+		fmt.Fprintf(d.Out, "berth: warning: %v\n", werr)
+	}
 	if !hadCur {
 		return executor.Buildf("%s: %s (%s) did not come up: %s\nnothing ran before, so nothing serves now.", d.Env, d.Spec.Project, what, failure)
 	}
-	fmt.Fprintf(d.Out, "berth: %s: %s did not come up; putting %s back\n", d.Env, what, cur.current.Image)
-	failed := cur
-	failedEntry := next.current
-	failedEntry.Result = "failed, previous restored"
-	failed.earlier = append([]entry{failedEntry}, cur.earlier...)
-	back, err := d.Apply.Apply(context.WithoutCancel(ctx), d.request(failed))
+	fmt.Fprintf(d.Out, "berth: %s: %s did not come up; putting %s back\n", d.Env, what, cur.Image)
+	back, err := d.Apply.Apply(context.WithoutCancel(ctx), d.request(cur))
 	if err == nil {
 		err = back.Err()
 	}
 	if err != nil {
 		return executor.Systemf("%s: %s did not come up (%s), and putting the previous digest back failed too: %v", d.Env, what, failure, err)
 	}
-	return executor.Buildf("%s: %s did not come up: %s\nThe previous digest (%s) serves again.", d.Env, what, failure, cur.current.Image)
+	return executor.Buildf("%s: %s did not come up: %s\nThe previous digest (%s) serves again.", d.Env, what, failure, cur.Image)
 }
 
-func (d *Driver) request(s state) Request {
-	return Request{
-		DockerHost: d.DockerHost, SSHOptions: d.SSHOptions, Project: d.Spec.Project, WorkingDir: d.Dir,
-		Files: d.Spec.Files, EnvFiles: d.Spec.EnvFiles, Profiles: d.Spec.Profiles, WaitTimeout: d.Spec.WaitTimeout.D(),
-		Image: s.current.Image, Services: d.Spec.Services, Labels: s.labels(d.Env, d.Spec.Keep),
+// trim keeps the serving entry and Keep earlier ones.
+func (d *Driver) trim(l *stages.Ledger) {
+	if len(l.Entries) > d.Spec.Keep+1 {
+		l.Entries = l.Entries[:d.Spec.Keep+1]
 	}
 }
 
-// deployed are the project's containers that berth deployed, newest first.
-func (d *Driver) deployed(ctx context.Context) ([]container.Summary, error) {
+func (d *Driver) request(e stages.Entry) Request {
+	return Request{
+		DockerHost: d.DockerHost, SSHOptions: d.SSHOptions, Env: d.Env, Project: d.Spec.Project, WorkingDir: d.Dir,
+		Files: d.Spec.Files, EnvFiles: d.Spec.EnvFiles, Profiles: d.Spec.Profiles, WaitTimeout: d.Spec.WaitTimeout.D(),
+		Image: e.Image, Services: d.Spec.Services, Labels: labelsOf(d.Env, e), Allow: d.Spec.Allow, Reserved: d.Reserved,
+	}
+}
+
+// ledger reads the environment's ledger; without one yet, it is made once
+// from the labels an earlier berth put on the project's containers.
+func (d *Driver) ledger(ctx context.Context) (stages.Ledger, error) {
+	l, ok, err := stages.ReadLedger(ctx, d.Engine, d.Env)
+	if err != nil || ok {
+		return l, err
+	}
 	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
 		filters.Arg("label", labelProject+"="+d.Spec.Project), filters.Arg("label", stages.LabelEnv+"="+d.Env))})
 	if err != nil {
-		return nil, executor.Systemf("list the containers of project %s: %w", d.Spec.Project, err)
+		return l, executor.Systemf("list the containers of project %s: %w", d.Spec.Project, err)
+	}
+	if len(list) == 0 {
+		return l, nil
 	}
 	sort.Slice(list, func(i, k int) bool { return list[i].Created > list[k].Created })
-	return list, nil
-}
-
-// state reads the environment from the newest container berth deployed in
-// the project; running says whether there is one.
-func (d *Driver) state(ctx context.Context) (state, bool, error) {
-	list, err := d.deployed(ctx)
-	if err != nil || len(list) == 0 {
-		return state{}, false, err
-	}
-	return stateOf(list[0].Labels, list[0].Image), true, nil
+	return ledgerOfLabels(d.Env, list[0].Labels, list[0].Image), nil
 }
 
 // Rollback brings back the newest earlier deployment that did not fail, or
 // the one whose tag or digest is to.
 func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, error) {
-	cur, ok, err := d.state(ctx)
+	led, err := d.ledger(ctx)
 	if err != nil {
 		return stages.Record{}, err
 	}
+	cur, ok := led.Serving()
 	if !ok {
 		return stages.Record{}, executor.Buildf("%s: project %s runs nothing: deploy a version first", d.Env, d.Spec.Project)
 	}
-	var target *entry
-	for i, e := range cur.earlier {
-		if strings.HasPrefix(e.Result, "failed") || e.Image == cur.current.Image {
+	var target *stages.Entry
+	for i, e := range led.Entries {
+		if e.Result == stages.ResultServing || e.Result == stages.ResultFailed || e.Image == cur.Image {
 			continue
 		}
 		if to == "" || e.Tag == to || e.Digest == to || strings.HasSuffix(e.Image, "@"+to) {
-			target = &cur.earlier[i]
+			target = &led.Entries[i]
 			break
 		}
 	}
@@ -173,23 +182,25 @@ func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, er
 		return stages.Record{}, err
 	}
 	back := *target
-	back.Result, back.Time = "", time.Now().UTC()
-	next := cur.then(back, "rolled back by "+by)
-	if err := d.switchTo(ctx, next, cur, true, "rollback to "+orImage(back.Tag, back.Image)); err != nil {
+	back.Result, back.Time = stages.ResultServing, time.Now().UTC()
+	if err := d.switchTo(ctx, led, back, stages.RolledBackBy(by), "rollback to "+orImage(back.Tag, back.Image)); err != nil {
 		return stages.Record{}, err
 	}
-	return back.record("serving"), nil
+	return back.Record(), nil
 }
 
-// History is the current deployment and the earlier ones, newest first.
+// History is the ledger: the current deployment and the earlier ones,
+// newest first.
 func (d *Driver) History(ctx context.Context) ([]stages.Record, error) {
-	cur, ok, err := d.state(ctx)
-	if err != nil || !ok {
+	led, err := d.ledger(ctx)
+	if err != nil {
 		return nil, err
 	}
-	recs := []stages.Record{cur.current.record("serving")}
-	for _, e := range cur.earlier {
-		recs = append(recs, e.record(""))
+	var recs []stages.Record
+	for _, e := range led.Entries {
+		r := e.Record()
+		r.ID = e.Image
+		recs = append(recs, r)
 	}
 	return recs, nil
 }

@@ -83,7 +83,7 @@ func newFixture(t *testing.T, port int) *fixture {
 	dir := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "compose.yaml"), []byte(fmt.Sprintf(composeFile, repo, port)), 0o644))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, ".env"), []byte("GREETING=hello from .env\n"), 0o644))
-	svc, err := apply.New(c)
+	svc, err := apply.New(c, false)
 	require.NoError(t, err)
 	var out bytes.Buffer
 	d := &compose.Driver{
@@ -137,7 +137,7 @@ func TestComposeDeployRollOutAndRollBack(t *testing.T) {
 	assert.Empty(t, first["db"].Labels[stages.LabelEnv], "only the chosen services take berth's labels")
 
 	// what `docker compose -p NAME ps` sees, through compose itself
-	svc, err := apply.New(f.c)
+	svc, err := apply.New(f.c, false)
 	require.NoError(t, err)
 	ps, err := svc.Ps(ctx, f.project)
 	require.NoError(t, err)
@@ -202,7 +202,7 @@ func TestComposeServicesMustExist(t *testing.T) {
 func TestComposeLockIsTheEnvironmentsLock(t *testing.T) {
 	f := newFixture(t, 16023)
 	ctx := context.Background()
-	h := stages.Holder{Job: 1, Pipeline: 1, By: "a", Image: "busybox:local", Deadline: time.Now().Add(time.Hour)}
+	h := stages.Holder{Job: 1, Pipeline: 1, By: "a", Deadline: time.Now().Add(time.Hour)}
 	unlock, err := f.d.Lock(ctx, h, time.Second)
 	require.NoError(t, err)
 	h.Job = 2

@@ -8,13 +8,15 @@ import (
 	"github.com/berthci/berth/stages"
 )
 
-// The deployment history lives on the target, in labels of the services
-// that take the release: the current release in the berth.* labels that the
-// container driver uses too, the earlier ones in berth.history.
+// The deployment history lives on the target, in the environment's ledger
+// (stages.Ledger). The services' containers carry the current release in
+// the berth.* labels too, for people and `docker compose ps`; berth reads
+// them only once, to take over what an earlier berth, without a ledger,
+// deployed: then the history was kept in berth.history.
 const labelHistory = "berth.history"
 
-// entry is one deployment, as kept in labels.
-type entry struct {
+// legacyEntry is one deployment as an earlier berth kept it in labels.
+type legacyEntry struct {
 	Time     time.Time `json:"time"`
 	Ref      string    `json:"ref,omitempty"`
 	Tag      string    `json:"tag,omitempty"`
@@ -23,63 +25,37 @@ type entry struct {
 	Pipeline int64     `json:"pipeline,omitempty"`
 	Job      int64     `json:"job,omitempty"`
 	By       string    `json:"by,omitempty"`
-	Result   string    `json:"result,omitempty"` // for earlier ones: replaced, failed..., rolled back by X
+	Result   string    `json:"result,omitempty"`
 }
 
-func entryOf(r stages.Release) entry {
-	return entry{Time: time.Now().UTC(), Ref: r.Ref, Tag: r.Tag, Digest: r.Digest, Image: r.Image, Pipeline: r.Pipeline, Job: r.Job, By: r.By}
-}
-
-// state is what a service's container says about the environment.
-type state struct {
-	current entry
-	earlier []entry // newest first
-}
-
-func stateOf(labels map[string]string, image string) state {
-	e := entry{
+// ledgerOfLabels is the ledger an earlier berth's labels describe.
+func ledgerOfLabels(env string, labels map[string]string, image string) stages.Ledger {
+	cur := stages.Entry{
 		Ref: labels[stages.LabelRef], Tag: labels[stages.LabelTag], Digest: labels[stages.LabelDigest],
-		Image: labels[stages.LabelImage], By: labels[stages.LabelBy],
+		Image: labels[stages.LabelImage], By: labels[stages.LabelBy], Result: stages.ResultServing,
 	}
-	if e.Image == "" { // not deployed by berth yet
-		e.Image = image
+	if cur.Image == "" {
+		cur.Image = image
 	}
-	e.Pipeline, _ = strconv.ParseInt(labels[stages.LabelPipeline], 10, 64)
-	e.Job, _ = strconv.ParseInt(labels[stages.LabelJob], 10, 64)
-	e.Time, _ = time.Parse(time.RFC3339, labels[stages.LabelDeployed])
-	s := state{current: e}
-	_ = json.Unmarshal([]byte(labels[labelHistory]), &s.earlier) // no history yet: empty
-	return s
+	cur.Pipeline, _ = strconv.ParseInt(labels[stages.LabelPipeline], 10, 64)
+	cur.Job, _ = strconv.ParseInt(labels[stages.LabelJob], 10, 64)
+	cur.Time, _ = time.Parse(time.RFC3339, labels[stages.LabelDeployed])
+	l := stages.Ledger{Env: env, Entries: []stages.Entry{cur}}
+	var earlier []legacyEntry
+	_ = json.Unmarshal([]byte(labels[labelHistory]), &earlier) // no history yet: empty
+	for _, e := range earlier {
+		l.Entries = append(l.Entries, stages.Entry{Time: e.Time, Ref: e.Ref, Tag: e.Tag, Digest: e.Digest, Image: e.Image,
+			Pipeline: e.Pipeline, Job: e.Job, By: e.By, Result: e.Result})
+	}
+	return l
 }
 
-// labels renders a state for the services' containers, the history cut to
-// keep entries.
-func (s state) labels(env string, keep int) map[string]string {
-	e := s.current
-	earlier := s.earlier
-	if len(earlier) > keep {
-		earlier = earlier[:keep]
-	}
-	hist, _ := json.Marshal(earlier)
+// labelsOf renders the serving entry for the services' containers.
+func labelsOf(env string, e stages.Entry) map[string]string {
 	return map[string]string{
 		stages.LabelEnv: env, stages.LabelRef: e.Ref, stages.LabelTag: e.Tag, stages.LabelDigest: e.Digest,
 		stages.LabelImage: e.Image, stages.LabelPipeline: strconv.FormatInt(e.Pipeline, 10),
 		stages.LabelJob: strconv.FormatInt(e.Job, 10), stages.LabelBy: e.By,
-		stages.LabelDeployed: e.Time.UTC().Format(time.RFC3339), labelHistory: string(hist),
+		stages.LabelDeployed: e.Time.UTC().Format(time.RFC3339),
 	}
-}
-
-// then is the state after next replaces the current entry, which is
-// remembered with result.
-func (s state) then(next entry, result string) state {
-	prev := s.current
-	prev.Result = result
-	return state{current: next, earlier: append([]entry{prev}, s.earlier...)}
-}
-
-func (e entry) record(result string) stages.Record {
-	if result == "" {
-		result = e.Result
-	}
-	return stages.Record{Time: e.Time, Ref: e.Ref, Tag: e.Tag, Digest: e.Digest, Pipeline: e.Pipeline, Job: e.Job, By: e.By, Result: result, ID: e.Image}
 }

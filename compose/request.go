@@ -20,6 +20,7 @@ type Request struct {
 	DockerHost string   `json:"docker_host,omitempty"`
 	SSHOptions []string `json:"ssh_options,omitempty"`
 
+	Env        string   `json:"env"` // the environment, for messages
 	Project    string   `json:"project"`
 	WorkingDir string   `json:"working_dir"` // where relative files, env files and .env are found
 	Files      []string `json:"files,omitempty"`
@@ -32,6 +33,12 @@ type Request struct {
 	Services    []string          `json:"services,omitempty"`
 	Labels      map[string]string `json:"labels,omitempty"`
 	WaitTimeout time.Duration     `json:"wait_timeout"`
+	// Allow is what the project's compose file may use that berth refuses
+	// by default (settings.ComposeAllowances).
+	Allow []string `json:"allow,omitempty"`
+	// Reserved are container names berth uses on the target, which the
+	// compose file must not take.
+	Reserved []string `json:"reserved,omitempty"`
 }
 
 // Result is berth-compose's answer.

@@ -29,6 +29,7 @@ const (
 	OpDeploy   = "deploy"
 	OpRollback = "rollback"
 	OpHistory  = "history"
+	OpOwner    = "owner"
 )
 
 // Login is a registry login, for the image pull secret.
@@ -49,6 +50,7 @@ type Request struct {
 	To          string            `json:"to,omitempty"`
 	By          string            `json:"by,omitempty"`
 	Login       *Login            `json:"login,omitempty"`
+	Claim       string            `json:"claim,omitempty"`
 }
 
 // Result is berth-kube's answer on its stdout; job-log lines go to its
@@ -58,6 +60,7 @@ type Result struct {
 	Class   string          `json:"class,omitempty"` // "build" (the job's fault) or "system"
 	Record  stages.Record   `json:"record,omitempty"`
 	History []stages.Record `json:"history,omitempty"`
+	Owner   string          `json:"owner,omitempty"`
 }
 
 // Err is a Result's error with its class, or nil.
@@ -77,8 +80,11 @@ type Driver struct {
 	Env    string
 	Spec   settings.KubeSpec
 	Helper string // path of berth-kube
-	Login  func(image string) *Login
-	Out    io.Writer
+	// Login is the registry login for the image pull secret: from
+	// berth.toml or docker's config, never the job token, which GitLab
+	// revokes when the job ends.
+	Login func(image string) *Login
+	Out   io.Writer
 }
 
 var _ stages.Driver = (*Driver)(nil)
@@ -124,4 +130,11 @@ func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, er
 func (d *Driver) History(ctx context.Context) ([]stages.Record, error) {
 	res, err := d.run(ctx, Request{Op: OpHistory})
 	return res.History, err
+}
+
+// Owner is the project that owns the environment (an annotation of the
+// Deployment); claim records it when there is none.
+func (d *Driver) Owner(ctx context.Context, claim string) (string, error) {
+	res, err := d.run(ctx, Request{Op: OpOwner, Claim: claim})
+	return res.Owner, err
 }

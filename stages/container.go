@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -46,6 +47,7 @@ const (
 // ContainerEngine is what the container driver needs from the target engine.
 type ContainerEngine interface {
 	LockEngine
+	Puller
 	ContainerStart(ctx context.Context, id string, opts container.StartOptions) error
 	ContainerStop(ctx context.Context, id string, opts container.StopOptions) error
 	ContainerRename(ctx context.Context, id, newName string) error
@@ -76,7 +78,12 @@ var _ Driver = (*ContainerDriver)(nil)
 
 // Lock takes the environment's lock on the target engine.
 func (d *ContainerDriver) Lock(ctx context.Context, h Holder, timeout time.Duration) (func(), error) {
-	return EngineLock(ctx, d.Engine, d.Creds, d.Out, d.Env, h, timeout)
+	return EngineLock(ctx, d.Engine, d.Out, d.Env, h, timeout)
+}
+
+// Owner is the project that owns the environment, from its ledger.
+func (d *ContainerDriver) Owner(ctx context.Context, claim string) (string, error) {
+	return LedgerOwner(ctx, d.Engine, d.Env, claim)
 }
 
 // Deploy: pull by digest, create the new container while the old one still
@@ -91,6 +98,15 @@ func (d *ContainerDriver) Deploy(ctx context.Context, r Release) error {
 	old, hasOld, err := d.inspect(ctx, name)
 	if err != nil {
 		return err
+	}
+	led, err := d.ledger(ctx)
+	if err != nil {
+		return err
+	}
+	if hasOld {
+		if _, known := led.Find(old.ID); !known { // started by hand, or the ledger was lost
+			led.Push(adoptedEntry(old), ResultReplaced)
+		}
 	}
 	anchorRef, why, err := d.anchorImage(ctx)
 	if err != nil {
@@ -197,13 +213,19 @@ func (d *ContainerDriver) Deploy(ctx context.Context, r Release) error {
 		if hasOld {
 			back = "the previous container serves again"
 		}
-		return fail(executor.Buildf("the new %s (%s) did not become healthy: %v; %s.%s", name, r.Tag, herr, back, logs), true)
+		err := fail(executor.Buildf("the new %s (%s) did not become healthy: %v; %s.%s", name, r.Tag, herr, back, logs), true)
+		led.Push(EntryOf(r, created.ID, ResultFailed), "")
+		if werr := WriteLedger(ctx, d.Engine, led); werr != nil {
+			fmt.Fprintf(d.Out, "berth: warning: %v\n", werr)
+		}
+		return err
 	}
 	fmt.Fprintf(d.Out, "berth: %s serves %s (healthy after %s)\n", name, r.Image, time.Since(t).Round(time.Millisecond))
 	if moving {
 		_ = d.Engine.ContainerRemove(ctx, retired, container.RemoveOptions{Force: true})
 	}
-	return d.prune(ctx)
+	led.Push(EntryOf(r, created.ID, ResultServing), ResultReplaced)
+	return d.prune(ctx, led)
 }
 
 // createAnchor creates, under a name of this deploy, the anchor that the
@@ -294,17 +316,6 @@ func (d *ContainerDriver) stop(ctx context.Context, id string) error {
 		return executor.Systemf("stop container %s: %w", id[:12], err)
 	}
 	return nil
-}
-
-// LockImage is the serving container's image, else a kept one's.
-func (d *ContainerDriver) LockImage(ctx context.Context) string {
-	if c, err := d.Engine.ContainerInspect(ctx, d.Spec.Name); err == nil {
-		return c.Image
-	}
-	if kept, err := d.kept(ctx); err == nil && len(kept) > 0 {
-		return kept[0].ImageID
-	}
-	return ""
 }
 
 // Puller is what pulling an image on a target needs.
@@ -558,32 +569,99 @@ func (d *ContainerDriver) lastLogs(ctx context.Context, id string, n int) string
 	return "\nIts last log lines:\n" + strings.TrimRight(b.String(), "\n")
 }
 
-// kept lists the environment's containers that do not serve, newest first.
-func (d *ContainerDriver) kept(ctx context.Context) ([]container.Summary, error) {
-	// ours carry the env label; an adopted hand-made one only its kept name
-	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", "^/"+d.Spec.Name+"-"))})
-	if err != nil {
-		return nil, executor.Systemf("list containers of %s: %w", d.Env, err)
+// ledger is the environment's ledger. Without one yet (berth before
+// 0.3 kept none), it is made from the containers that carry the
+// environment's labels: trusted this once, when berth takes over its own
+// earlier deployments.
+func (d *ContainerDriver) ledger(ctx context.Context) (Ledger, error) {
+	l, ok, err := ReadLedger(ctx, d.Engine, d.Env)
+	if err != nil || ok {
+		return l, err
 	}
-	keptRe := regexp.MustCompile("^" + regexp.QuoteMeta(d.Spec.Name) + "-[0-9a-f]{12}(-.+)?$")
-	var out []container.Summary
+	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
+		filters.Arg("label", LabelEnv+"="+d.Env), filters.Arg("name", "^/"+d.Spec.Name))})
+	if err != nil {
+		return l, executor.Systemf("list containers of %s: %w", d.Env, err)
+	}
+	keptRe := regexp.MustCompile("^" + regexp.QuoteMeta(d.Spec.Name) + "(-[0-9a-f]{12}(-.+)?)?$")
 	for _, c := range list {
-		env, labelled := c.Labels[LabelEnv]
-		if (env == d.Env || !labelled) && keptRe.MatchString(containerName(c)) {
-			out = append(out, c)
+		if name := containerName(c); keptRe.MatchString(name) && c.Labels[executor.LabelRole] != RoleAnchor {
+			result := labelledResult(name)
+			if name == d.Spec.Name {
+				result = ResultServing
+			}
+			l.Entries = append(l.Entries, entryOfLabels(c, result))
 		}
 	}
-	sort.Slice(out, func(i, k int) bool { return out[i].Created > out[k].Created })
-	return out, nil
+	sort.SliceStable(l.Entries, func(i, k int) bool { return l.Entries[i].Time.After(l.Entries[k].Time) })
+	return l, nil
 }
 
-// prune keeps the newest Keep previous containers, stopped, and removes
-// the rest.
-func (d *ContainerDriver) prune(ctx context.Context) error {
-	kept, err := d.kept(ctx)
+// labelledResult reads an earlier berth's result from a kept name.
+func labelledResult(name string) string {
+	switch {
+	case strings.HasSuffix(name, "-failed"):
+		return ResultFailed
+	case strings.Contains(name, "-rb-"):
+		return RolledBackBy(name[strings.Index(name, "-rb-")+4:])
+	default:
+		return ResultReplaced
+	}
+}
+
+// entryOfLabels is a container's ledger entry from its labels.
+func entryOfLabels(c container.Summary, result string) Entry {
+	l := c.Labels
+	e := Entry{ID: c.ID, Image: l[LabelImage], Ref: l[LabelRef], Tag: l[LabelTag], Digest: l[LabelDigest], By: l[LabelBy], Result: result}
+	e.Pipeline, _ = strconv.ParseInt(l[LabelPipeline], 10, 64)
+	e.Job, _ = strconv.ParseInt(l[LabelJob], 10, 64)
+	if t, err := time.Parse(time.RFC3339, l[LabelDeployed]); err == nil {
+		e.Time = t
+	} else {
+		e.Time = time.Unix(c.Created, 0).UTC()
+	}
+	return e
+}
+
+// adoptedEntry records the serving container when the ledger does not
+// know it: started by hand, so berth takes it over (docs/deploy.md).
+func adoptedEntry(c container.InspectResponse) Entry {
+	e := Entry{ID: c.ID, Image: c.Config.Image, Tag: c.Config.Image, Result: ResultServing, Adopted: true}
+	if t, err := time.Parse(time.RFC3339Nano, c.Created); err == nil {
+		e.Time = t.UTC()
+	}
+	return e
+}
+
+// kept are the containers of the ledger's entries that do not serve,
+// newest first, each with its entry: only what berth recorded counts.
+func (d *ContainerDriver) kept(ctx context.Context, l Ledger) ([]container.Summary, []Entry, error) {
+	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", "^/"+d.Spec.Name+"-"))})
+	if err != nil {
+		return nil, nil, executor.Systemf("list containers of %s: %w", d.Env, err)
+	}
+	byID := map[string]container.Summary{}
+	for _, c := range list {
+		byID[c.ID] = c
+	}
+	var cs []container.Summary
+	var es []Entry
+	for _, e := range l.Entries {
+		if c, ok := byID[e.ID]; ok && e.Result != ResultServing {
+			cs, es = append(cs, c), append(es, e)
+		}
+	}
+	return cs, es, nil
+}
+
+// prune keeps the newest Keep previous containers, stopped, removes the
+// rest, and writes the ledger without them.
+func (d *ContainerDriver) prune(ctx context.Context, l Ledger) error {
+	kept, _, err := d.kept(ctx, l)
 	if err != nil {
 		return err
 	}
+	gone := map[string]bool{}
 	for i, c := range kept {
 		if i < d.Spec.Keep {
 			continue
@@ -591,8 +669,10 @@ func (d *ContainerDriver) prune(ctx context.Context) error {
 		if err := d.Engine.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
 			return executor.Systemf("remove old container %s: %w", containerName(c), err)
 		}
+		gone[c.ID] = true
 	}
-	return nil
+	l.Entries = slices.DeleteFunc(l.Entries, func(e Entry) bool { return gone[e.ID] })
+	return WriteLedger(ctx, d.Engine, l)
 }
 
 func containerName(c container.Summary) string {
@@ -602,21 +682,26 @@ func containerName(c container.Summary) string {
 	return strings.TrimPrefix(c.Names[0], "/")
 }
 
-// Rollback stops the serving container and starts a kept one: the newest
-// one that did not fail, or the one whose tag or digest is to.
+// Rollback stops the serving container and starts a kept one of the
+// ledger: the newest one that did not fail, or the one whose tag or digest
+// is to.
 func (d *ContainerDriver) Rollback(ctx context.Context, to, by string) (Record, error) {
-	kept, err := d.kept(ctx)
+	led, err := d.ledger(ctx)
+	if err != nil {
+		return Record{}, err
+	}
+	kept, entries, err := d.kept(ctx, led)
 	if err != nil {
 		return Record{}, err
 	}
 	var target *container.Summary
-	for i, c := range kept {
-		if strings.HasSuffix(containerName(c), "-failed") {
+	var entry Entry
+	for i, e := range entries {
+		if e.Result == ResultFailed {
 			continue
 		}
-		l := c.Labels
-		if to == "" || l[LabelTag] == to || l[LabelDigest] == to || strings.HasSuffix(l[LabelImage], "@"+to) {
-			target = &kept[i]
+		if to == "" || e.Tag == to || e.Digest == to || strings.HasSuffix(e.Image, "@"+to) {
+			target, entry = &kept[i], e
 			break
 		}
 	}
@@ -632,6 +717,9 @@ func (d *ContainerDriver) Rollback(ctx context.Context, to, by string) (Record, 
 		return Record{}, err
 	}
 	if hasCur {
+		if _, known := led.Find(cur.ID); !known {
+			led.Push(adoptedEntry(cur), ResultReplaced)
+		}
 		if err := d.stop(ctx, cur.ID); err != nil {
 			return Record{}, err
 		}
@@ -650,8 +738,12 @@ func (d *ContainerDriver) Rollback(ctx context.Context, to, by string) (Record, 
 		return Record{}, executor.Buildf("roll %s back to %s: %v; the current version serves again", d.Env, containerName(*target), err)
 	}
 	if container.NetworkMode(target.HostConfig.NetworkMode).IsContainer() {
+		oldID := target.ID
 		if err := d.joinAnchor(ctx, target); err != nil {
 			return rollbackFailed(err)
+		}
+		if e, ok := led.Find(oldID); ok {
+			e.ID = target.ID // remade in the current anchor
 		}
 	}
 	if err := d.Engine.ContainerRename(ctx, target.ID, d.Spec.Name); err != nil {
@@ -663,7 +755,19 @@ func (d *ContainerDriver) Rollback(ctx context.Context, to, by string) (Record, 
 	if err := d.waitHealthy(ctx, target.ID); err != nil {
 		return rollbackFailed(err)
 	}
-	return recordOf(*target, "serving"), nil
+	for i := range led.Entries {
+		switch e := &led.Entries[i]; {
+		case e.Result == ResultServing:
+			e.Result = RolledBackBy(by)
+		case e.ID == target.ID:
+			e.Result = ResultServing
+		}
+	}
+	if err := WriteLedger(ctx, d.Engine, led); err != nil {
+		return Record{}, err
+	}
+	entry.ID, entry.Result = d.Spec.Name, ResultServing
+	return entry.Record(), nil
 }
 
 // joinAnchor makes a kept container ready to start in the anchor: the
@@ -721,61 +825,34 @@ func sanitize(s string) string {
 	}, s)
 }
 
-// History reads the environment's containers: the serving one and the kept.
+// History is the ledger's entries whose containers are still there, by
+// their current names.
 func (d *ContainerDriver) History(ctx context.Context) ([]Record, error) {
-	kept, err := d.kept(ctx)
+	led, err := d.ledger(ctx)
 	if err != nil {
 		return nil, err
+	}
+	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", "^/"+d.Spec.Name))})
+	if err != nil {
+		return nil, executor.Systemf("list containers of %s: %w", d.Env, err)
+	}
+	byID := map[string]container.Summary{}
+	for _, c := range list {
+		byID[c.ID] = c
 	}
 	var recs []Record
-	cur, hasCur, err := d.inspect(ctx, d.Spec.Name)
-	if err != nil {
-		return nil, err
-	}
-	if hasCur {
-		s := container.Summary{ID: cur.ID, Names: []string{cur.Name}, Labels: cur.Config.Labels, Image: cur.Config.Image}
-		if t, err := time.Parse(time.RFC3339Nano, cur.Created); err == nil {
-			s.Created = t.Unix()
+	for _, e := range led.Entries {
+		c, ok := byID[e.ID]
+		if !ok {
+			continue
 		}
-		result := "serving"
-		if !cur.State.Running {
-			result = "stopped"
+		r := e.Record()
+		r.ID = containerName(c)
+		if e.Result == ResultServing && c.State != "running" {
+			r.Result = "stopped"
 		}
-		recs = append(recs, recordOf(s, result))
-	}
-	for _, c := range kept {
-		recs = append(recs, recordOf(c, ""))
+		recs = append(recs, r)
 	}
 	sort.SliceStable(recs, func(i, k int) bool { return recs[i].Time.After(recs[k].Time) })
 	return recs, nil
-}
-
-func recordOf(c container.Summary, result string) Record {
-	l := c.Labels
-	r := Record{Ref: l[LabelRef], Tag: l[LabelTag], Digest: l[LabelDigest], By: l[LabelBy], ID: containerName(c), Result: result}
-	r.Pipeline, _ = strconv.ParseInt(l[LabelPipeline], 10, 64)
-	r.Job, _ = strconv.ParseInt(l[LabelJob], 10, 64)
-	if t, err := time.Parse(time.RFC3339, l[LabelDeployed]); err == nil {
-		r.Time = t
-	} else {
-		r.Time = time.Unix(c.Created, 0).UTC()
-	}
-	if l[LabelEnv] == "" {
-		r.Tag, r.Result = c.Image, "adopted (started by hand)"
-		if result == "serving" {
-			r.Result = "serving (started by hand)"
-		}
-	}
-	if r.Result == "" {
-		name := r.ID
-		switch {
-		case strings.HasSuffix(name, "-failed"):
-			r.Result = "failed, previous restored"
-		case strings.Contains(name, "-rb-"):
-			r.Result = "rolled back by " + name[strings.Index(name, "-rb-")+4:]
-		default:
-			r.Result = "replaced"
-		}
-	}
-	return r
 }

@@ -126,7 +126,9 @@ func testReplacement(t *testing.T, portsOn string, port int) {
 	for i := 3; i <= 5; i++ {
 		require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", fmt.Sprintf("v%d", i), true)))
 	}
-	kept, err := d.kept(ctx)
+	led, err := d.ledger(ctx)
+	require.NoError(t, err)
+	kept, _, err := d.kept(ctx, led)
 	require.NoError(t, err)
 	assert.Len(t, kept, 2)
 	for _, k := range kept {
@@ -209,7 +211,7 @@ func TestConcurrentDeploysRunOneAfterTheOther(t *testing.T) {
 		go func(i int, rel Release) {
 			defer wg.Done()
 			rel.Job = int64(1000 + i)
-			unlock, err := d.Lock(ctx, Holder{Job: rel.Job, Pipeline: 9, By: "t", Image: rel.Image, Deadline: time.Now().Add(time.Hour)}, time.Minute)
+			unlock, err := d.Lock(ctx, Holder{Job: rel.Job, Pipeline: 9, By: "t", Deadline: time.Now().Add(time.Hour)}, time.Minute)
 			if !assert.NoError(t, err) {
 				return
 			}
@@ -238,18 +240,18 @@ func TestStaleLockIsTakenOver(t *testing.T) {
 	c := realEngine(t)
 	ctx := context.Background()
 	d, out := testDriver(t, c, 16004)
-	unlockOld, err := d.Lock(ctx, Holder{Job: 1, Pipeline: 1, By: "crashed", Image: "busybox:local", Deadline: time.Now().Add(-time.Minute)}, time.Second)
+	unlockOld, err := d.Lock(ctx, Holder{Job: 1, Pipeline: 1, By: "crashed", Deadline: time.Now().Add(-time.Minute)}, time.Second)
 	require.NoError(t, err)
 	_ = unlockOld // the crashed job never unlocks
-	unlock, err := d.Lock(ctx, Holder{Job: 2, Pipeline: 2, By: "next", Image: "busybox:local", Deadline: time.Now().Add(time.Hour)}, 5*time.Second)
+	unlock, err := d.Lock(ctx, Holder{Job: 2, Pipeline: 2, By: "next", Deadline: time.Now().Add(time.Hour)}, 5*time.Second)
 	require.NoError(t, err)
 	unlock()
 	assert.Contains(t, out.String(), "taking over the lock")
 
-	unlockHeld, err := d.Lock(ctx, Holder{Job: 3, Pipeline: 3, By: "busy", Image: "busybox:local", Deadline: time.Now().Add(time.Hour)}, time.Second)
+	unlockHeld, err := d.Lock(ctx, Holder{Job: 3, Pipeline: 3, By: "busy", Deadline: time.Now().Add(time.Hour)}, time.Second)
 	require.NoError(t, err)
 	defer unlockHeld()
-	_, err = d.Lock(ctx, Holder{Job: 4, Pipeline: 4, By: "late", Image: "busybox:local", Deadline: time.Now().Add(time.Hour)}, time.Second)
+	_, err = d.Lock(ctx, Holder{Job: 4, Pipeline: 4, By: "late", Deadline: time.Now().Add(time.Hour)}, time.Second)
 	assert.ErrorContains(t, err, "still locked by job 3")
 }
 
@@ -283,24 +285,81 @@ func TestHealthCommandAndEnvFile(t *testing.T) {
 	assert.Equal(t, "app from-env-file", get(t, "http://127.0.0.1:16005/"), "the old one serves again")
 }
 
-// A remote target may not have the release image yet: the lock, a
-// container of that image, must not depend on it being there.
-func TestLockPullsItsImageFirst(t *testing.T) {
+// The lock and the ledger are containers of berth's own empty image, which
+// berth imports: they need nothing from the target, not even the release.
+func TestLockNeedsNothingFromTheTarget(t *testing.T) {
 	c := realEngine(t)
 	ctx := context.Background()
-	repo := testRegistry + "/berth-test/" + unique("lockimg")
-	rel := appImage(t, c, repo, "latest", "lock", true)
-	_, err := c.ImageRemove(ctx, repo+":latest", image.RemoveOptions{Force: true})
-	require.NoError(t, err)
-	_, err = c.ImageInspect(ctx, rel.Image)
-	require.Error(t, err, "the image is gone from the target")
-
+	_, _ = c.ImageRemove(ctx, EmptyImage, image.RemoveOptions{Force: true})
 	d, _ := testDriver(t, c, 16006)
-	unlock, err := d.Lock(ctx, Holder{Job: 7, Pipeline: 7, By: "t", Image: rel.Image, Deadline: time.Now().Add(time.Hour)}, 5*time.Second)
+	unlock, err := d.Lock(ctx, Holder{Job: 7, Pipeline: 7, By: "t", Deadline: time.Now().Add(time.Hour)}, 5*time.Second)
 	require.NoError(t, err)
+	ins, err := c.ContainerInspect(ctx, LockName(d.Env))
+	require.NoError(t, err)
+	assert.Equal(t, EmptyImage, ins.Config.Image)
 	unlock()
-	_, err = d.Lock(ctx, Holder{Job: 8}, time.Second)
-	assert.ErrorContains(t, err, "no image on the target")
+	_, err = c.ContainerInspect(ctx, LockName(d.Env))
+	assert.Error(t, err, "released")
+}
+
+// A container berth did not make never counts as its lock, its ledger or
+// a kept version, whatever its name and labels say.
+func TestOnlyBerthsOwnRecordsCount(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("web")
+	d, _ := testDriver(t, c, 16007)
+	v1 := appImage(t, c, repo, "latest", "one", true)
+	require.NoError(t, d.Deploy(ctx, v1))
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "two", true)))
+
+	// an impostor, newer than v1, named and labelled like a kept version
+	evil := appImage(t, c, repo, "evil", "evil", true)
+	forged := map[string]string{LabelEnv: d.Env, LabelTag: "latest", LabelDigest: evil.Digest, LabelImage: evil.Image,
+		LabelDeployed: time.Now().UTC().Format(time.RFC3339)}
+	made, err := c.ContainerCreate(ctx, &container.Config{Image: evil.Image, Labels: forged}, nil, nil, nil, d.Spec.Name+"-0123456789ab")
+	require.NoError(t, err)
+	hist, err := d.History(ctx)
+	require.NoError(t, err)
+	assert.NotContains(t, fmt.Sprint(hist), "0123456789ab", "not in the history")
+	_, err = d.Rollback(ctx, "", "alice")
+	require.NoError(t, err)
+	assert.Equal(t, "app one", get(t, "http://127.0.0.1:16007/"), "rolled back to what berth deployed")
+	ins, err := c.ContainerInspect(ctx, made.ID)
+	require.NoError(t, err)
+	assert.False(t, ins.State.Running, "the impostor never ran")
+	_, err = d.Rollback(ctx, evil.Digest, "alice")
+	assert.ErrorContains(t, err, "no kept container")
+
+	// a lock or ledger of someone else's is refused, not taken over
+	other, _ := testDriver(t, c, 16011)
+	_, err = c.ContainerCreate(ctx, &container.Config{Image: "busybox:local", Labels: map[string]string{LabelLockJob: "1", LabelLockDeadline: "2000-01-01T00:00:00Z"}}, nil, nil, nil, LockName(other.Env))
+	require.NoError(t, err)
+	_, err = other.Lock(ctx, Holder{Job: 2, Deadline: time.Now().Add(time.Hour)}, time.Second)
+	assert.ErrorContains(t, err, "that berth did not make")
+	_, err = c.ContainerCreate(ctx, &container.Config{Image: "busybox:local"}, nil, nil, nil, LedgerName(other.Env))
+	require.NoError(t, err)
+	_, err = other.History(ctx)
+	assert.ErrorContains(t, err, "that berth did not make")
+}
+
+// Containers an earlier berth deployed, without a ledger, are taken over
+// once from their labels.
+func TestLedgerTakesOverLabelledContainers(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("web")
+	d, _ := testDriver(t, c, 16012)
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "one", true)))
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "two", true)))
+	require.NoError(t, c.ContainerRemove(ctx, LedgerName(d.Env), container.RemoveOptions{Force: true}))
+	hist, err := d.History(ctx)
+	require.NoError(t, err)
+	require.Len(t, hist, 2)
+	assert.Equal(t, "serving", hist[0].Result)
+	_, err = d.Rollback(ctx, "", "alice")
+	require.NoError(t, err)
+	assert.Equal(t, "app one", get(t, "http://127.0.0.1:16012/"))
 }
 
 // The anchor follows berth.toml: made again on another port, put back when

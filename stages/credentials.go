@@ -2,6 +2,7 @@ package stages
 
 import (
 	"io"
+	"strings"
 
 	"github.com/distribution/reference"
 	"github.com/docker/cli/cli/config"
@@ -10,14 +11,27 @@ import (
 	"github.com/berthci/berth/executor"
 )
 
-// Credentials find a registry login, in order: the TOML, the job's
-// CI_REGISTRY_USER/CI_REGISTRY_PASSWORD for CI_REGISTRY, then docker's
-// config.json and its credential helpers.
+// Credentials find a registry login, in order: the TOML, the payload's
+// registry login (the job token) for the job's own project's repository,
+// then docker's config.json and its credential helpers. The references
+// berth asks for are its own (the trusted repository, digests it
+// resolved), never a name a job chose, so no login goes to a job's host.
 type Credentials struct {
-	TOMLHost, TOMLUser, TOMLPassword  string
-	JobRegistry, JobUser, JobPassword string
+	TOMLHost, TOMLUser, TOMLPassword string
+	// JobHost and JobProject say where the job token may go: the GitLab
+	// registry of the payload's credentials, at the project's path and
+	// below it.
+	JobHost, JobProject, JobUser, JobPassword string
 	// DockerConfig looks a host up in config.json; nil skips it.
 	DockerConfig func(host string) (registry.AuthConfig, bool)
+}
+
+// WithoutJob is c without the job token: for what outlives the job (a
+// Kubernetes pull secret), since GitLab revokes the token when it ends.
+func (c *Credentials) WithoutJob() *Credentials {
+	out := *c
+	out.JobUser, out.JobPassword = "", ""
+	return &out
 }
 
 // DockerConfigFile reads the runner user's ~/.docker/config.json (or
@@ -39,12 +53,13 @@ func (c *Credentials) For(ref string) (registry.AuthConfig, string, error) {
 	if err != nil {
 		return registry.AuthConfig{}, "", executor.Buildf("image %q is not a valid reference: %v", ref, err)
 	}
-	host := reference.Domain(named)
+	host, repo := reference.Domain(named), reference.Path(named)
+	project := strings.ToLower(c.JobProject)
 	switch {
 	case c.TOMLUser != "" && c.TOMLHost == host:
 		return registry.AuthConfig{Username: c.TOMLUser, Password: c.TOMLPassword, ServerAddress: host}, "berth.toml [registry]", nil
-	case c.JobUser != "" && c.JobRegistry == host:
-		return registry.AuthConfig{Username: c.JobUser, Password: c.JobPassword, ServerAddress: host}, "the job's CI_REGISTRY_USER", nil
+	case c.JobUser != "" && c.JobHost == host && project != "" && (repo == project || strings.HasPrefix(repo, project+"/")):
+		return registry.AuthConfig{Username: c.JobUser, Password: c.JobPassword, ServerAddress: host}, "the job's registry login", nil
 	}
 	if c.DockerConfig != nil {
 		if a, ok := c.DockerConfig(host); ok {

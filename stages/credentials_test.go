@@ -1,6 +1,7 @@
 package stages
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/docker/docker/api/types/registry"
@@ -13,7 +14,7 @@ func TestCredentialsOrder(t *testing.T) {
 		return registry.AuthConfig{Username: "cfg-" + host}, host != "nowhere.example.com"
 	}
 	c := &Credentials{TOMLHost: "reg.example.com", TOMLUser: "toml", TOMLPassword: "p1",
-		JobRegistry: "reg.example.com", JobUser: "gitlab-ci-token", JobPassword: "p2", DockerConfig: fromConfig}
+		JobHost: "reg.example.com", JobProject: "G/App", JobUser: "gitlab-ci-token", JobPassword: "p2", DockerConfig: fromConfig}
 	tests := []struct {
 		ref, user, source string
 	}{
@@ -28,9 +29,20 @@ func TestCredentialsOrder(t *testing.T) {
 		assert.Equal(t, tt.source, source, tt.ref)
 	}
 	c.TOMLUser = ""
-	a, source, err := c.For("reg.example.com/g/app:1")
+	for _, ref := range []string{"reg.example.com/g/app:1", "reg.example.com/g/app/sub@sha256:" + strings.Repeat("a", 64)} {
+		a, source, err := c.For(ref)
+		require.NoError(t, err)
+		assert.Equal(t, "gitlab-ci-token", a.Username, "then the job token, for its own project")
+		assert.Equal(t, "the job's registry login", source)
+		assert.NotContains(t, source, "p2", "the source names no secret")
+	}
+	// the job token never goes to another project's path or another host
+	for _, ref := range []string{"reg.example.com/g/other:1", "reg.example.com/g/app-other:1", "reg.example.com/g:1", "evil.example.com/g/app:1"} {
+		a, _, err := c.For(ref)
+		require.NoError(t, err)
+		assert.NotEqual(t, "p2", a.Password, ref)
+	}
+	a, _, err := c.WithoutJob().For("reg.example.com/g/app:1")
 	require.NoError(t, err)
-	assert.Equal(t, "gitlab-ci-token", a.Username, "then the job's CI_REGISTRY_USER")
-	assert.Equal(t, "the job's CI_REGISTRY_USER", source)
-	assert.NotContains(t, source, "p2", "the source names no secret")
+	assert.NotEqual(t, "p2", a.Password, "a pull secret never holds the job token")
 }

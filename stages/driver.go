@@ -16,6 +16,7 @@ type Release struct {
 	Pipeline int64
 	Job      int64
 	By       string // who started it
+	Project  string // the project that deployed it (job_info)
 }
 
 // Record is one line of an environment's history.
@@ -34,7 +35,6 @@ type Record struct {
 type Holder struct {
 	Job, Pipeline int64
 	By            string
-	Image         string // an image present at the target (the container driver needs one)
 	Deadline      time.Time
 }
 
@@ -51,4 +51,7 @@ type Driver interface {
 	Rollback(ctx context.Context, to, by string) (Record, error)
 	// History lists deployments, newest first.
 	History(ctx context.Context) ([]Record, error)
+	// Owner is the project that owns the environment, as recorded at the
+	// target; when none does yet and claim is set, claim is recorded.
+	Owner(ctx context.Context, claim string) (string, error)
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"path/filepath"
 	"strings"
 	"time"
@@ -53,7 +54,7 @@ const (
 // Build builds an image with BuildKit, printing one line per finished step.
 // A failed build is the job's fault and quotes the failing step.
 func (im *Images) Build(ctx context.Context, o BuildOptions) (string, error) {
-	if err := checkInside(o.Dir, o.Dockerfile); err != nil {
+	if _, err := insideDir(o.Dir, o.Dockerfile, "the Dockerfile"); err != nil {
 		return "", err
 	}
 	ctxTar, err := tarContext(o.Dir, o.Dockerfile)
@@ -81,12 +82,28 @@ func (im *Images) Build(ctx context.Context, o BuildOptions) (string, error) {
 	return im.readBuild(resp.Body)
 }
 
-// checkInside refuses a Dockerfile path that leaves the context.
-func checkInside(dir, rel string) error {
+// insideDir is rel below dir with every symlink resolved; a path that
+// leaves dir, by name or through a link, is refused: the checked-out
+// sources are the job's, the rest of the host is not.
+func insideDir(dir, rel, what string) (string, error) {
 	if filepath.IsAbs(rel) || strings.HasPrefix(filepath.Clean(rel), "..") {
-		return executor.Buildf("dockerfile %q must be a path inside the build context %s", rel, dir)
+		return "", executor.Buildf("%s %q must be a path inside %s", what, rel, dir)
 	}
-	return nil
+	root, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", executor.Buildf("%s: %v", what, err)
+	}
+	p, err := filepath.EvalSymlinks(filepath.Join(dir, rel))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", executor.Buildf("%s %q does not exist in %s: check [build] in berth.toml or the job's BERTH_ variables", what, rel, dir)
+	}
+	if err != nil {
+		return "", executor.Buildf("%s %q: %v", what, rel, err)
+	}
+	if r, err := filepath.Rel(root, p); err != nil || r == ".." || strings.HasPrefix(r, "../") {
+		return "", executor.Buildf("%s %q must be a path inside %s: it leads to %s through a symlink", what, rel, dir, p)
+	}
+	return p, nil
 }
 
 // buildMessage is one JSON message of the build stream, classic or BuildKit.

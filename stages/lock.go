@@ -8,9 +8,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/errdefs"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/berthci/berth/executor"
 )
@@ -28,23 +26,17 @@ const (
 // LockName is the container that is an environment's deploy lock.
 func LockName(env string) string { return "berth-lock-" + env }
 
-// LockEngine is what a lock needs from an engine.
-type LockEngine interface {
-	Puller
-	ContainerCreate(ctx context.Context, cfg *container.Config, host *container.HostConfig, net *network.NetworkingConfig, platform *ocispec.Platform, name string) (container.CreateResponse, error)
-	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
-	ContainerRemove(ctx context.Context, id string, opts container.RemoveOptions) error
-}
+// LockEngine is what a lock needs from an engine: the same as a ledger.
+type LockEngine = LedgerEngine
 
 // EngineLock takes an environment's lock on a Docker engine: creating a
-// named container is atomic, so the name is the lock. It is never started,
-// but it is a container of h.Image, which is pulled first: a remote target
-// may not have it yet.
-func EngineLock(ctx context.Context, eng LockEngine, creds *Credentials, out io.Writer, env string, h Holder, timeout time.Duration) (func(), error) {
-	if h.Image == "" {
-		return nil, executor.Systemf("no image on the target to make the lock of %s from: deploy a version first", env)
-	}
-	if err := PullOnTarget(ctx, eng, creds, h.Image); err != nil {
+// named container is atomic, so the name is the lock. It is a
+// never-started container of berth's empty image, so it needs nothing from
+// the driver. A container of that name that berth did not make is refused,
+// never taken over; a stale lock of berth's is taken over and released by
+// its id, so two waiters cannot both remove one lock.
+func EngineLock(ctx context.Context, eng LockEngine, out io.Writer, env string, h Holder, timeout time.Duration) (func(), error) {
+	if err := EnsureEmptyImage(ctx, eng); err != nil {
 		return nil, err
 	}
 	name := LockName(env)
@@ -55,9 +47,12 @@ func EngineLock(ctx context.Context, eng LockEngine, creds *Credentials, out io.
 	}
 	deadline := now.Add(timeout)
 	told := false
+	var mine string
 	for {
-		_, err := eng.ContainerCreate(ctx, &container.Config{Image: h.Image, Labels: labels, Entrypoint: []string{"lock"}}, nil, nil, nil, name)
+		made, err := eng.ContainerCreate(ctx, &container.Config{Image: EmptyImage, Labels: labels, Entrypoint: []string{"lock"}},
+			&container.HostConfig{NetworkMode: "none"}, nil, nil, name)
 		if err == nil {
+			mine = made.ID
 			break
 		}
 		if !errdefs.IsConflict(err) {
@@ -71,9 +66,13 @@ func EngineLock(ctx context.Context, eng LockEngine, creds *Credentials, out io.
 			return nil, executor.Systemf("read the deploy lock %s: %w", name, ierr)
 		}
 		l := ins.Config.Labels
+		if l[LabelLockEnv] != env {
+			return nil, executor.Systemf("a container named %s that berth did not make blocks deploys of %s: remove it (docker rm %s)", name, env, name)
+		}
 		if d, perr := time.Parse(time.RFC3339, l[LabelLockDeadline]); perr == nil && time.Now().After(d) {
 			fmt.Fprintf(out, "berth: taking over the lock of %s from job %s (pipeline %s): its job is over since %s\n", env, l[LabelLockJob], l[LabelLockPipeline], d.Format(time.RFC3339))
-			_ = eng.ContainerRemove(ctx, name, container.RemoveOptions{Force: true})
+			// by id: a waiter that took it over first has made a new one
+			_ = eng.ContainerRemove(ctx, ins.ID, container.RemoveOptions{Force: true})
 			continue
 		}
 		if !told {
@@ -89,12 +88,8 @@ func EngineLock(ctx context.Context, eng LockEngine, creds *Credentials, out io.
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-	job := strconv.FormatInt(h.Job, 10)
 	return func() {
-		// unlock even when the job was cancelled; only our own lock
-		ctx := context.WithoutCancel(ctx)
-		if ins, err := eng.ContainerInspect(ctx, name); err == nil && ins.Config.Labels[LabelLockJob] == job {
-			_ = eng.ContainerRemove(ctx, name, container.RemoveOptions{Force: true})
-		}
+		// unlock even when the job was cancelled; only our own lock, by id
+		_ = eng.ContainerRemove(context.WithoutCancel(ctx), mine, container.RemoveOptions{Force: true})
 	}, nil
 }

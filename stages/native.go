@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -33,11 +32,15 @@ func (n *Native) Run(ctx context.Context) error {
 	start := time.Now()
 	p := n.Plan
 	fmt.Fprintf(n.Out, "berth: stage %s is native (%s): the job's script lines are not run\n", n.Job.Stage, p.Action)
+	rollback, err := n.wantsRollback()
+	if err != nil {
+		return err
+	}
 	if p.Flow == nil {
 		fmt.Fprintf(n.Out, "berth: no flow in berth.toml matches %s %s: nothing to %s\n", n.Job.RefType, n.Job.Ref, p.Action)
 		return nil
 	}
-	if action := n.variable("BERTH_ACTION"); action == "rollback" {
+	if rollback {
 		return n.rollback(ctx, start)
 	}
 	repo, err := n.repository()
@@ -58,11 +61,7 @@ func (n *Native) Run(ctx context.Context) error {
 		digest, err = n.release(ctx, repo, tagRef)
 	case n.Job.RefType == api.RefTypeTag:
 		// a tag is deployed as released: promoted, never rebuilt
-		var ok bool
-		digest, ok, err = n.Registry.Digest(ctx, tagRef)
-		if err == nil && !ok {
-			err = executor.Buildf("%s is not in the registry: run the release job of %s first", tagRef, n.Job.Ref)
-		}
+		digest, err = n.released(ctx, tagRef)
 	default:
 		digest, err = n.buildAndPush(ctx, tagRef)
 	}
@@ -75,7 +74,7 @@ func (n *Native) Run(ctx context.Context) error {
 		return nil
 	}
 	rel := Release{Env: p.Env, Image: pinned, Digest: digest, Tag: p.ImageTag, Ref: n.Job.Ref, Sha: n.Job.Sha,
-		Pipeline: n.Job.Pipeline, Job: n.Job.ID, By: n.by()}
+		Pipeline: n.Job.Pipeline, Job: n.Job.ID, By: n.by(), Project: n.Job.Project}
 	if err := n.deploy(ctx, rel); err != nil {
 		return err
 	}
@@ -83,42 +82,83 @@ func (n *Native) Run(ctx context.Context) error {
 	return nil
 }
 
+// wantsRollback reads BERTH_ACTION: "rollback" in a deploy stage, nothing
+// else anywhere.
+func (n *Native) wantsRollback() (bool, error) {
+	switch action := n.variable(executor.VarAction); {
+	case action == "":
+		return false, nil
+	case action != "rollback":
+		return false, executor.Buildf("BERTH_ACTION=%q is not an action berth knows: the only one is rollback, in a deploy stage; remove the variable", action)
+	case n.Plan.Action != settings.ActionDeploy:
+		return false, executor.Buildf("BERTH_ACTION=rollback works in deploy stages only, and stage %s is a %s stage: set it on a job of a deploy stage", n.Job.Stage, n.Plan.Action)
+	}
+	return true, nil
+}
+
+// released is the digest a tag's release job made, checked to be an image
+// of the tag's commit: a tag pushed to the registry again afterwards is
+// not deployed. The tag is resolved once; the digest is used from then on.
+func (n *Native) released(ctx context.Context, tagRef string) (string, error) {
+	rev, digest, ok, err := n.Registry.Revision(ctx, tagRef)
+	switch {
+	case err != nil:
+		return "", executor.Systemf("read %s from the registry: %v", tagRef, err)
+	case !ok:
+		return "", executor.Buildf("%s is not in the registry: run the release job of %s first", tagRef, n.Job.Ref)
+	case rev != n.Job.Sha:
+		return "", executor.Buildf("%s (%s) was built from %s, not from %s, the commit of tag %s: the tag was pushed to the registry again after its release job; run the release job of %s again, and find out who pushed it",
+			tagRef, digest, short(rev), short(n.Job.Sha), n.Job.Ref, n.Job.Ref)
+	}
+	fmt.Fprintf(n.Out, "berth: %s is %s, built from %s\n", tagRef, digest, short(rev))
+	return digest, nil
+}
+
 func since(t time.Time) string { return time.Since(t).Round(time.Millisecond).String() }
 
-// gates refuse a deploy that the environment does not allow.
+// gates refuse a deploy that the environment does not allow. protected
+// reads the payload's git_info.protected, which a job cannot change; manual
+// reads CI_JOB_MANUAL, which a job can set itself (executor.VarJobManual).
 func (n *Native) gates(env string) error {
 	e := n.Settings.Environments[env]
-	if e.Manual && n.variable("CI_JOB_MANUAL") != "true" {
-		return executor.Buildf("environment %s deploys only from a manual job (CI_JOB_MANUAL=true): add `when: manual` to the job and start it by hand", env)
-	}
-	if e.Protected && n.variable("CI_COMMIT_REF_PROTECTED") != "true" {
+	if e.Protected && !n.Job.Protected {
+		if !n.Job.ProtectedKnown {
+			return executor.Buildf("environment %s deploys only from protected refs, and GitLab did not say whether %s is (git_info.protected, sent by GitLab 18.3 and later): upgrade GitLab", env, n.Job.Ref)
+		}
 		return executor.Buildf("environment %s deploys only from protected refs, and %s is not protected in GitLab", env, n.Job.Ref)
+	}
+	if e.Manual && n.variable(executor.VarJobManual) != "true" {
+		return executor.Buildf("environment %s deploys only from a manual job (CI_JOB_MANUAL=true): add `when: manual` to the job and start it by hand", env)
 	}
 	return nil
 }
 
-func (n *Native) variable(key string) string {
+func (n *Native) variable(key executor.JobVar) string {
 	v, _ := n.Job.Var(key)
 	return v
 }
 
 // by names who started the job, for labels and history.
 func (n *Native) by() string {
-	if u := n.variable("GITLAB_USER_LOGIN"); u != "" {
+	if u := n.variable(executor.VarUserLogin); u != "" {
 		return u
 	}
 	return fmt.Sprintf("job %d", n.Job.ID)
 }
 
-// repository is where images go: the TOML's, else CI_REGISTRY_IMAGE.
+// repository is where images go: [registry] image in berth.toml, else the
+// GitLab registry whose login GitLab sent with the job, at the project's
+// path. Both come from the operator or GitLab, never from a variable the
+// job can set (CI_REGISTRY_IMAGE, CI_REGISTRY).
 func (n *Native) repository() (string, error) {
-	repo := n.Settings.Registry.Image
-	source := "[registry] image in berth.toml"
-	if repo == "" {
-		repo, source = n.variable("CI_REGISTRY_IMAGE"), "CI_REGISTRY_IMAGE"
-	}
-	if repo == "" {
-		return "", executor.Systemf("no image repository: set [registry] image in berth.toml, or enable the GitLab container registry (CI_REGISTRY_IMAGE)")
+	project := strings.ToLower(n.Job.Project)
+	repo, source := n.Settings.Registry.Image, "[registry] image in berth.toml"
+	if repo != "" {
+		repo = strings.ReplaceAll(repo, "{project}", project)
+	} else if host, _, _ := n.Job.RegistryLogin(); host != "" && project != "" {
+		repo, source = host+"/"+project, "the GitLab registry of the job's payload"
+	} else {
+		return "", executor.Systemf("no image repository: set [registry] image in berth.toml (\"{project}\" stands for the project's path), or enable GitLab's container registry for the project, whose login GitLab sends with each job")
 	}
 	named, err := reference.ParseNormalizedNamed(repo)
 	if err != nil || !reference.IsNameOnly(named) {
@@ -142,18 +182,21 @@ func (n *Native) buildOptions(tagRef string) (BuildOptions, error) {
 	ctxDir, dockerfile := b.Context, b.Dockerfile
 	for _, v := range n.Job.Variables {
 		var field string
-		switch {
-		case v.Key == "BERTH_DOCKERFILE":
+		switch key := executor.JobVar(v.Key); {
+		case key == executor.VarDockerfile:
 			field = "dockerfile"
-		case v.Key == "BERTH_CONTEXT":
+		case key == executor.VarContext:
 			field = "context"
-		case strings.HasPrefix(v.Key, "BERTH_BUILD_ARG_"):
-			field = "args." + strings.TrimPrefix(v.Key, "BERTH_BUILD_ARG_")
+		case strings.HasPrefix(v.Key, string(executor.VarBuildArgPrefix)):
+			field = "args." + strings.TrimPrefix(v.Key, string(executor.VarBuildArgPrefix))
 		default:
 			continue
 		}
 		if !allowed[field] {
 			return BuildOptions{}, executor.Buildf("the job sets %s, but berth.toml does not let jobs change %s ([build] job_overrides): remove the variable or ask the runner's operator", v.Key, field)
+		}
+		if v.Masked {
+			return BuildOptions{}, executor.Buildf("%s is a masked variable, and a build arg stays readable in the image's history: keep secrets out of build args", v.Key)
 		}
 		switch field {
 		case "dockerfile":
@@ -164,13 +207,17 @@ func (n *Native) buildOptions(tagRef string) (BuildOptions, error) {
 			args[strings.TrimPrefix(field, "args.")] = v.Value
 		}
 	}
-	if err := checkInside(n.ProjectDir, ctxDir); err != nil {
+	dir, err := insideDir(n.ProjectDir, ctxDir, "the build context")
+	if err != nil {
+		return BuildOptions{}, err
+	}
+	if _, err := insideDir(dir, dockerfile, "the Dockerfile"); err != nil {
 		return BuildOptions{}, err
 	}
 	return BuildOptions{
-		Dir: filepath.Join(n.ProjectDir, ctxDir), Dockerfile: dockerfile, Args: args, Tags: []string{tagRef},
+		Dir: dir, Dockerfile: dockerfile, Args: args, Tags: []string{tagRef},
 		Labels: map[string]string{
-			LabelRevision: n.Job.Sha, LabelVersion: n.Job.Ref, LabelSource: n.variable("CI_PROJECT_URL"),
+			LabelRevision: n.Job.Sha, LabelVersion: n.Job.Ref, LabelSource: n.variable(executor.VarProjectURL),
 			LabelCreated: time.Now().UTC().Format(time.RFC3339),
 		},
 	}, nil
@@ -211,7 +258,8 @@ func (n *Native) release(ctx context.Context, repo, tagRef string) (string, erro
 		case rev != n.Job.Sha:
 			fmt.Fprintf(n.Out, "berth: candidate %s: built from %s, not %s\n", ref, short(rev), short(n.Job.Sha))
 		default:
-			got, err := n.Registry.Tag(ctx, ref, tagRef)
+			// by the digest just read: a tag pushed again meanwhile is not copied
+			got, err := n.Registry.Tag(ctx, repo+"@"+digest, tagRef)
 			if err != nil {
 				return "", err
 			}
@@ -243,12 +291,15 @@ func (n *Native) deploy(ctx context.Context, rel Release) error {
 		return err
 	}
 	env := n.Settings.Environments[rel.Env]
-	unlock, err := d.Lock(ctx, Holder{Job: n.Job.ID, Pipeline: n.Job.Pipeline, By: rel.By, Image: rel.Image,
+	unlock, err := d.Lock(ctx, Holder{Job: n.Job.ID, Pipeline: n.Job.Pipeline, By: rel.By,
 		Deadline: time.Now().Add(n.Job.Timeout)}, env.LockTimeout.D())
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	if err := CheckOwner(ctx, d, rel.Env, env, n.Job.Project); err != nil {
+		return err
+	}
 	fmt.Fprintf(n.Out, "berth: deploy %s to %s (%s)\n", rel.Image, rel.Env, env.Driver)
 	return d.Deploy(ctx, rel)
 }
@@ -263,7 +314,8 @@ func (n *Native) rollback(ctx context.Context, start time.Time) error {
 	if err := n.gates(env); err != nil {
 		return err
 	}
-	rec, err := Rollback(ctx, n.Driver, n.Settings, env, n.variable("BERTH_ROLLBACK_TO"), n.by(), n.Job.ID, n.Job.Pipeline, n.Job.Timeout, n.Out)
+	rec, err := Rollback(ctx, n.Driver, n.Settings, RollbackOptions{Env: env, To: n.variable(executor.VarRollbackTo), By: n.by(),
+		Project: n.Job.Project, Job: n.Job.ID, Pipeline: n.Job.Pipeline, Timeout: n.Job.Timeout})
 	if err != nil {
 		return err
 	}
@@ -271,36 +323,38 @@ func (n *Native) rollback(ctx context.Context, start time.Time) error {
 	return nil
 }
 
+// RollbackOptions say what a rollback is for and who asks.
+type RollbackOptions struct {
+	Env string
+	To  string // a tag or digest; "" is the previous version
+	By  string
+	// Project is the job's project, checked against the environment's
+	// owner; "" for the operator's own `berth rollback`.
+	Project       string
+	Job, Pipeline int64
+	Timeout       time.Duration // how long the lock is held at most
+}
+
 // Rollback takes the lock and rolls an environment back; shared by the job
 // and the operator command.
-func Rollback(ctx context.Context, open func(string) (Driver, error), s *settings.Settings, env, to, by string, job, pipeline int64, timeout time.Duration, out io.Writer) (Record, error) {
-	e, ok := s.Environments[env]
+func Rollback(ctx context.Context, open func(string) (Driver, error), s *settings.Settings, o RollbackOptions) (Record, error) {
+	e, ok := s.Environments[o.Env]
 	if !ok {
-		return Record{}, executor.Buildf("no environment %q in berth.toml", env)
+		return Record{}, executor.Buildf("no environment %q in berth.toml", o.Env)
 	}
-	d, err := open(env)
+	d, err := open(o.Env)
 	if err != nil {
 		return Record{}, err
 	}
-	unlock, err := d.Lock(ctx, Holder{Job: job, Pipeline: pipeline, By: by, Image: lockImage(ctx, d), Deadline: time.Now().Add(timeout)}, e.LockTimeout.D())
+	unlock, err := d.Lock(ctx, Holder{Job: o.Job, Pipeline: o.Pipeline, By: o.By, Deadline: time.Now().Add(o.Timeout)}, e.LockTimeout.D())
 	if err != nil {
 		return Record{}, err
 	}
 	defer unlock()
-	return d.Rollback(ctx, to, by)
-}
-
-// LockImager is a driver whose lock is a container on an engine: it names
-// an image present there to make the lock of.
-type LockImager interface {
-	LockImage(ctx context.Context) string
-}
-
-// lockImage is an image present at the target for a rollback's lock, where
-// the driver needs one.
-func lockImage(ctx context.Context, d Driver) string {
-	if li, ok := d.(LockImager); ok {
-		return li.LockImage(ctx)
+	if o.Project != "" {
+		if err := CheckOwner(ctx, d, o.Env, e, o.Project); err != nil {
+			return Record{}, err
+		}
 	}
-	return ""
+	return d.Rollback(ctx, o.To, o.By)
 }

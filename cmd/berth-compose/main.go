@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 
 	"github.com/berthci/berth/compose"
@@ -39,7 +40,7 @@ func run(ctx context.Context) (compose.Result, error) {
 	if err != nil {
 		return compose.Result{}, err
 	}
-	svc, err := apply.New(c)
+	svc, err := apply.New(c, slices.Contains(req.Allow, "registry_logins"))
 	if err != nil {
 		return compose.Result{}, fmt.Errorf("set up docker compose: %w", err)
 	}

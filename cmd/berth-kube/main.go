@@ -54,6 +54,9 @@ func run(ctx context.Context) (kube.Result, error) {
 	case kube.OpRollback:
 		rec, err := d.Rollback(ctx, req.To, req.By)
 		return kube.Result{Record: rec}, err
+	case kube.OpOwner:
+		o, err := d.Owner(ctx, req.Claim)
+		return kube.Result{Owner: o}, err
 	case kube.OpHistory:
 		h, err := d.History(ctx)
 		return kube.Result{History: h}, err

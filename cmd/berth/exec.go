@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,7 +59,7 @@ func (a *app) exec(ctx context.Context, args []string) error {
 	if len(jobs) == 0 {
 		return executor.Buildf("no job of %s runs for %s", *file, refText(src.Ref))
 	}
-	pipeline := time.Now().Unix() % 1e6
+	pipeline := rand.Int64N(1e9)
 	fmt.Fprintf(a.stdout, "berth exec: %d job(s) for %s at %.8s, pipeline %d\n", len(jobs), refText(src.Ref), src.Sha, pipeline)
 	var results []execResult
 	failed, failedStage := 0, ""
@@ -70,7 +71,7 @@ func (a *app) exec(ctx context.Context, args []string) error {
 			continue
 		}
 		t := time.Now()
-		res := a.execJob(ctx, j, src, pipeline*100+int64(i)+1, pipeline, *manual)
+		res := a.execJob(ctx, j, src, execJobID(pipeline, i), pipeline, *manual)
 		results = append(results, execResult{j.Name, j.Stage, res, time.Since(t)})
 		if res != "success" {
 			failed++
@@ -94,6 +95,14 @@ func (a *app) exec(ctx context.Context, args []string) error {
 	}
 	return nil
 }
+
+// execJobBase is where berth exec's job ids start: far above any job id a
+// GitLab hands out, so the containers, networks and builds dirs of a local
+// run never collide with a real job's on the same host.
+const execJobBase = 9_000_000_000_000_000
+
+// execJobID is the id of the i-th job of a local pipeline.
+func execJobID(pipeline int64, i int) int64 { return execJobBase + pipeline*1000 + int64(i) + 1 }
 
 func refText(r local.Ref) string {
 	if r.IsTag {

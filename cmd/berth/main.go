@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/berthci/berth/executor"
@@ -65,6 +66,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return codes.System
 	}
+	// --config may follow the command too (berth check --config FILE): it
+	// is never left for a command to ignore, which would read the defaults
+	cmdArgs, later, err := extractConfig(fs.Args()[1:])
+	if err != nil {
+		fmt.Fprintf(stderr, "berth: %v\n", err)
+		return codes.System
+	}
+	if later != "" {
+		if *configPath != "" && *configPath != later {
+			fmt.Fprintf(stderr, "berth: --config is given twice (%s and %s): give it once\n", *configPath, later)
+			return codes.System
+		}
+		*configPath = later
+	}
 
 	// SIGTERM (a cancelled job) and SIGINT cancel ctx; every engine call
 	// takes it.
@@ -72,9 +87,39 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer stop()
 
 	app := &app{stdout: stdout, stderr: stderr, configPath: *configPath, getenv: os.Getenv}
-	err := app.dispatch(ctx, fs.Arg(0), fs.Args()[1:])
+	err = app.dispatch(ctx, fs.Arg(0), cmdArgs)
 	if err != nil {
 		fmt.Fprintf(stderr, "berth: %s\n", app.redact(err.Error()))
 	}
 	return codes.For(err)
+}
+
+// extractConfig takes --config FILE (or --config=FILE, -config) out of a
+// command's arguments.
+func extractConfig(args []string) (rest []string, config string, err error) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		var v string
+		switch {
+		case a == "--config" || a == "-config":
+			if i+1 >= len(args) {
+				return nil, "", fmt.Errorf("%s needs a file", a)
+			}
+			v = args[i+1]
+			i++
+		case strings.HasPrefix(a, "--config=") || strings.HasPrefix(a, "-config="):
+			v = a[strings.Index(a, "=")+1:]
+		default:
+			rest = append(rest, a)
+			continue
+		}
+		if v == "" {
+			return nil, "", fmt.Errorf("%s needs a file", a)
+		}
+		if config != "" && config != v {
+			return nil, "", fmt.Errorf("--config is given twice (%s and %s): give it once", config, v)
+		}
+		config = v
+	}
+	return rest, config, nil
 }

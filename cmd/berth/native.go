@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -20,17 +21,17 @@ import (
 	"github.com/berthci/berth/stages"
 )
 
-// credentials are the registry logins in the order of preference.
+// credentials are the registry logins: berth.toml's, the payload's for the
+// job's own project, docker's config.json (stages.Credentials).
 func (a *app) credentials() *stages.Credentials {
 	c := &stages.Credentials{TOMLUser: a.settings.Registry.Username, TOMLPassword: a.settings.Registry.Password,
 		DockerConfig: stages.DockerConfigFile}
-	if named, err := reference.ParseNormalizedNamed(a.settings.Registry.Image); err == nil {
+	if named, err := reference.ParseNormalizedNamed(strings.ReplaceAll(a.settings.Registry.Image, "{project}", "p/p")); err == nil {
 		c.TOMLHost = reference.Domain(named) // as Credentials.For reads an image's host
 	}
 	if a.job != nil {
-		c.JobRegistry, _ = a.job.Var("CI_REGISTRY")
-		c.JobUser, _ = a.job.Var("CI_REGISTRY_USER")
-		c.JobPassword, _ = a.job.Var("CI_REGISTRY_PASSWORD")
+		c.JobHost, c.JobUser, c.JobPassword = a.job.RegistryLogin()
+		c.JobProject = a.job.Project
 	}
 	return c
 }
@@ -54,7 +55,7 @@ func (a *app) driverOpener(out io.Writer, creds *stages.Credentials, dir string)
 				return nil, err
 			}
 			return &kube.Driver{Env: name, Spec: env.Kube, Helper: helper, Out: out, Login: func(image string) *kube.Login {
-				a, _, err := creds.For(image)
+				a, _, err := creds.WithoutJob().For(image)
 				if err != nil || a.Username == "" {
 					return nil
 				}
@@ -71,11 +72,24 @@ func (a *app) driverOpener(out io.Writer, creds *stages.Credentials, dir string)
 				return nil, err
 			}
 			return &compose.Driver{Env: name, Spec: env.Compose, DockerHost: host, SSHOptions: env.SSHOptions,
-				Engine: eng, Apply: helper, Creds: creds, Out: out, Dir: dir}, nil
+				Engine: eng, Apply: helper, Creds: creds, Out: out, Dir: dir, Reserved: a.containerNames()}, nil
 		}
 		self, _ := os.Executable() // the anchor image is made of it; without it, no anchor
 		return &stages.ContainerDriver{Env: name, Spec: env.Container, Engine: eng, Creds: creds, Out: out, AnchorBinary: self}, nil
 	}
+}
+
+// containerNames are the names of the container environments' containers,
+// which no compose file may take.
+func (a *app) containerNames() []string {
+	var names []string
+	for _, env := range a.settings.Environments {
+		if env.Driver == settings.DriverContainer {
+			names = append(names, env.Container.Name)
+		}
+	}
+	sort.Strings(names)
+	return names
 }
 
 // workDir is the current directory, where operator commands find a compose
@@ -120,7 +134,7 @@ func (a *app) wireNative(ex *executor.Executor, eng *client.Client) error {
 // CUSTOM_ENV_CI_PROJECT_DIR can be set by the job, so it counts only below
 // the job's own builds dir.
 func (a *app) projectDir() (string, error) {
-	dir := filepath.Clean(a.getenv("CUSTOM_ENV_CI_PROJECT_DIR"))
+	dir := filepath.Clean(a.getenv(executor.ProjectDirEnv))
 	root := executor.JobDir(a.settings, a.job)
 	rel, err := filepath.Rel(root, dir)
 	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
@@ -144,6 +158,13 @@ func (a *app) history(ctx context.Context, args []string) error {
 	recs, err := d.History(ctx)
 	if err != nil {
 		return err
+	}
+	if env := a.settings.Environments[args[0]]; len(env.Projects) > 0 {
+		fmt.Fprintf(a.stdout, "# %s belongs to %s (berth.toml)\n", args[0], strings.Join(env.Projects, ", "))
+	} else if owner, err := d.Owner(ctx, ""); err != nil {
+		return err
+	} else if owner != "" {
+		fmt.Fprintf(a.stdout, "# %s belongs to %s, the first project that deployed it\n", args[0], owner)
 	}
 	w := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "TIME\tREF\tTAG\tPIPELINE\tJOB\tDIGEST\tBY\tRESULT\tID")
@@ -178,7 +199,8 @@ func (a *app) rollback(ctx context.Context, args []string) error {
 	}
 	start := time.Now()
 	by := a.getenv("USER")
-	rec, err := stages.Rollback(ctx, a.driverOpener(a.stdout, a.credentials(), workDir()), a.settings, env, to, by, 0, 0, time.Hour, a.stdout)
+	rec, err := stages.Rollback(ctx, a.driverOpener(a.stdout, a.credentials(), workDir()), a.settings,
+		stages.RollbackOptions{Env: env, To: to, By: by, Timeout: time.Hour})
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -34,14 +35,26 @@ type Service struct {
 }
 
 // New connects to the engine c (built by the caller, with berth's ssh
-// options) through a docker CLI object, as compose wants one.
-func New(c client.APIClient) (*Service, error) {
+// options) through a docker CLI object, as compose wants one. Without
+// logins, compose pulls the project's other images anonymously: the runner's
+// docker logins do not go to registries a compose file names (berth pulls
+// the release itself, with its own credentials).
+func New(c client.APIClient, logins bool) (*Service, error) {
 	progress.Mode = progress.ModeQuiet // berth prints its own lines
 	dcli, err := command.NewDockerCli(command.WithAPIClient(c), command.WithCombinedStreams(io.Discard), command.WithInputStream(io.NopCloser(strings.NewReader(""))))
 	if err != nil {
 		return nil, err
 	}
-	if err := dcli.Initialize(flags.NewClientOptions()); err != nil {
+	opts := flags.NewClientOptions()
+	if !logins {
+		empty, err := os.MkdirTemp("", "berth-compose-config-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(empty) // read once, by Initialize
+		opts.ConfigDir = empty
+	}
+	if err := dcli.Initialize(opts); err != nil {
 		return nil, err
 	}
 	return &Service{compose: composesvc.NewComposeService(dcli), engine: c}, nil
@@ -58,9 +71,13 @@ func (s *Service) Apply(ctx context.Context, req compose.Request) (compose.Resul
 	if err != nil {
 		return compose.Result{Error: err.Error(), Class: "build"}, nil
 	}
+	if err := Check(project, req, services); err != nil {
+		return compose.Result{Error: err.Error(), Class: "build"}, nil
+	}
 	for _, name := range services {
 		svc := project.Services[name]
 		svc.Image = req.Image
+		svc.Build = nil // berth built it
 		if svc.Labels == nil {
 			svc.Labels = types.Labels{}
 		}
@@ -134,6 +151,14 @@ func Load(ctx context.Context, req compose.Request) (*types.Project, error) {
 		return out
 	}
 	files, envFiles := abs(req.Files), abs(req.EnvFiles)
+	// the files first, before compose reads any of them or what they name
+	c, err := newChecker(req)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.inFiles(files); err != nil {
+		return nil, err
+	}
 	opts, err := cli.NewProjectOptions(files,
 		cli.WithWorkingDirectory(req.WorkingDir),
 		cli.WithOsEnv,
@@ -145,6 +170,12 @@ func Load(ctx context.Context, req compose.Request) (*types.Project, error) {
 	)
 	if err != nil {
 		return nil, fmt.Errorf("compose project %s: %w", req.Project, err)
+	}
+	if err := c.preScan(opts.ConfigPaths, req.WorkingDir); err != nil {
+		return nil, err
+	}
+	if err := c.result(req.Env); err != nil {
+		return nil, err
 	}
 	project, err := opts.LoadProject(ctx)
 	if err != nil {

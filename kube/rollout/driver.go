@@ -476,3 +476,27 @@ func (d *Driver) failed(ctx context.Context, dep *appsv1.Deployment, reason stri
 	f.details = b.String()
 	return f
 }
+
+// annOwner records, on the Deployment, the project that owns the
+// environment when berth.toml names none: the first one that deployed it.
+const annOwner = "berth.owner"
+
+// Owner is the environment's owner; claim records it when there is none.
+func (d *Driver) Owner(ctx context.Context, claim string) (string, error) {
+	dep, err := d.deployment(ctx)
+	if err != nil {
+		return "", err
+	}
+	if o := dep.Annotations[annOwner]; o != "" || claim == "" {
+		return o, nil
+	}
+	owner := claim
+	err = d.update(ctx, func(dep *appsv1.Deployment) {
+		if o := dep.Annotations[annOwner]; o != "" { // claimed meanwhile
+			owner = o
+			return
+		}
+		setAnnotations(&dep.ObjectMeta, map[string]string{annOwner: claim})
+	})
+	return owner, err
+}

@@ -1,0 +1,235 @@
+package stages
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/client"
+	"github.com/docker/docker/errdefs"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/berthci/berth/executor"
+)
+
+// The ledger is an environment's record on its target engine, written by
+// berth alone, under the environment's lock: which project owns it, and
+// which versions berth deployed there (for the container driver, by
+// container id). A container counts as a kept version, a lock or a history
+// entry because the ledger names it, never because it carries the right
+// name or labels. It is a never-started container of berth's own empty
+// image, holding one JSON file; design.md: state lives at the target.
+
+const (
+	// EmptyImage is the image of ledgers and locks: imported by berth, it
+	// holds nothing and never runs.
+	EmptyImage      = "berth-empty:1"
+	ledgerFile      = "ledger.json"
+	LabelLedgerEnv  = "berth.ledger.env"
+	labelEmptyImage = "berth.empty"
+)
+
+// LedgerName is the container that holds an environment's ledger.
+func LedgerName(env string) string { return "berth-ledger-" + env }
+
+// Ledger is what berth knows of an environment at its target.
+type Ledger struct {
+	Env string `json:"env"`
+	// Owner is the project (full path) that owns the environment: the
+	// first one that deployed it, where berth.toml names no projects.
+	Owner      string    `json:"owner,omitempty"`
+	OwnerSince time.Time `json:"owner_since,omitzero"`
+	// Entries are the deployments berth made, newest first.
+	Entries []Entry `json:"entries,omitempty"`
+}
+
+// Entry is one deployment in a ledger.
+type Entry struct {
+	// ID is the driver's handle: a container id for the container driver.
+	ID       string    `json:"id,omitempty"`
+	Time     time.Time `json:"time"`
+	Image    string    `json:"image"`
+	Digest   string    `json:"digest,omitempty"`
+	Tag      string    `json:"tag,omitempty"`
+	Ref      string    `json:"ref,omitempty"`
+	Sha      string    `json:"sha,omitempty"`
+	Pipeline int64     `json:"pipeline,omitempty"`
+	Job      int64     `json:"job,omitempty"`
+	By       string    `json:"by,omitempty"`
+	Project  string    `json:"project,omitempty"`
+	// Result: serving, replaced, failed, rolled back by X.
+	Result string `json:"result"`
+	// Adopted: berth found it serving and did not deploy it.
+	Adopted bool `json:"adopted,omitempty"`
+}
+
+// Results a version can have.
+const (
+	ResultServing  = "serving"
+	ResultReplaced = "replaced"
+	ResultFailed   = "failed, previous restored"
+)
+
+// RolledBackBy is the result of a version that a rollback replaced.
+func RolledBackBy(by string) string { return "rolled back by " + by }
+
+// EntryOf is the ledger entry of a release.
+func EntryOf(r Release, id, result string) Entry {
+	return Entry{ID: id, Time: time.Now().UTC(), Image: r.Image, Digest: r.Digest, Tag: r.Tag, Ref: r.Ref, Sha: r.Sha,
+		Pipeline: r.Pipeline, Job: r.Job, By: r.By, Project: r.Project, Result: result}
+}
+
+// Record is the version as a line of history.
+func (v Entry) Record() Record {
+	r := Record{Time: v.Time, Ref: v.Ref, Tag: v.Tag, Digest: v.Digest, Pipeline: v.Pipeline, Job: v.Job, By: v.By, Result: v.Result, ID: v.ID}
+	if v.Adopted {
+		r.Result += " (adopted: started by hand)"
+	}
+	return r
+}
+
+// Serving is the version that serves, if any.
+func (l *Ledger) Serving() (Entry, bool) {
+	for _, v := range l.Entries {
+		if v.Result == ResultServing {
+			return v, true
+		}
+	}
+	return Entry{}, false
+}
+
+// Push records v as the newest version; the one that served is marked
+// with result (replaced, rolled back by X) when v serves now.
+func (l *Ledger) Push(v Entry, result string) {
+	if v.Result == ResultServing {
+		for i := range l.Entries {
+			if l.Entries[i].Result == ResultServing {
+				l.Entries[i].Result = result
+			}
+		}
+	}
+	l.Entries = append([]Entry{v}, l.Entries...)
+}
+
+// Find is the version with the id.
+func (l *Ledger) Find(id string) (*Entry, bool) {
+	for i := range l.Entries {
+		if l.Entries[i].ID == id {
+			return &l.Entries[i], true
+		}
+	}
+	return nil, false
+}
+
+// LedgerEngine is what a ledger and a lock need from an engine: nothing
+// of the driver's, only containers of berth's empty image.
+type LedgerEngine interface {
+	ImageInspect(ctx context.Context, ref string, opts ...client.ImageInspectOption) (image.InspectResponse, error)
+	ImageImport(ctx context.Context, src image.ImportSource, ref string, opts image.ImportOptions) (io.ReadCloser, error)
+	ContainerCreate(ctx context.Context, cfg *container.Config, host *container.HostConfig, net *network.NetworkingConfig, platform *ocispec.Platform, name string) (container.CreateResponse, error)
+	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
+	ContainerRemove(ctx context.Context, id string, opts container.RemoveOptions) error
+	CopyToContainer(ctx context.Context, id, path string, content io.Reader, opts container.CopyToContainerOptions) error
+	CopyFromContainer(ctx context.Context, id, src string) (io.ReadCloser, container.PathStat, error)
+}
+
+// EnsureEmptyImage makes berth's empty image present on the engine.
+func EnsureEmptyImage(ctx context.Context, eng LedgerEngine) error {
+	if _, err := eng.ImageInspect(ctx, EmptyImage); err == nil {
+		return nil
+	}
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	_ = tw.WriteHeader(&tar.Header{Name: "berth/", Mode: 0o755, Typeflag: tar.TypeDir})
+	_ = tw.Close()
+	rc, err := eng.ImageImport(ctx, image.ImportSource{Source: &b, SourceName: "-"}, EmptyImage, image.ImportOptions{
+		Changes: []string{"LABEL " + labelEmptyImage + "=1"},
+	})
+	if err == nil {
+		err = drain(rc)
+	}
+	if err != nil {
+		return executor.Systemf("import berth's empty image %s on the target: %w", EmptyImage, err)
+	}
+	return nil
+}
+
+// ReadLedger reads an environment's ledger; ok is false when there is
+// none yet. A container of that name that berth did not make is refused.
+func ReadLedger(ctx context.Context, eng LedgerEngine, env string) (l Ledger, ok bool, err error) {
+	name := LedgerName(env)
+	ins, err := eng.ContainerInspect(ctx, name)
+	if errdefs.IsNotFound(err) {
+		return Ledger{Env: env}, false, nil
+	}
+	if err != nil {
+		return Ledger{}, false, executor.Systemf("read the ledger of %s: %w", env, err)
+	}
+	if ins.Config == nil || ins.Config.Labels[LabelLedgerEnv] != env {
+		return Ledger{}, false, executor.Systemf("a container named %s that berth did not make stands where %s's ledger belongs: remove it (docker rm %s)", name, env, name)
+	}
+	rc, _, err := eng.CopyFromContainer(ctx, ins.ID, "/"+ledgerFile)
+	if errdefs.IsNotFound(err) {
+		return Ledger{Env: env}, false, nil
+	}
+	if err != nil {
+		return Ledger{}, false, executor.Systemf("read the ledger of %s: %w", env, err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	if _, err := tr.Next(); err != nil {
+		return Ledger{}, false, executor.Systemf("read the ledger of %s: %w", env, err)
+	}
+	if err := json.NewDecoder(tr).Decode(&l); err != nil {
+		return Ledger{}, false, executor.Systemf("the ledger of %s is damaged (%v): remove %s and deploy again", env, err, name)
+	}
+	l.Env = env
+	return l, true, nil
+}
+
+// WriteLedger stores the ledger, making its container the first time.
+// Callers hold the environment's lock.
+func WriteLedger(ctx context.Context, eng LedgerEngine, l Ledger) error {
+	ctx = context.WithoutCancel(ctx) // a record is never left half written
+	name := LedgerName(l.Env)
+	ins, err := eng.ContainerInspect(ctx, name)
+	var id string
+	if errdefs.IsNotFound(err) {
+		if err := EnsureEmptyImage(ctx, eng); err != nil {
+			return err
+		}
+		made, cerr := eng.ContainerCreate(ctx, &container.Config{Image: EmptyImage, Entrypoint: []string{"ledger"},
+			Labels: map[string]string{LabelLedgerEnv: l.Env}}, &container.HostConfig{NetworkMode: "none"}, nil, nil, name)
+		if cerr != nil {
+			return executor.Systemf("make the ledger of %s: %w", l.Env, cerr)
+		}
+		id = made.ID
+	} else if err != nil {
+		return executor.Systemf("write the ledger of %s: %w", l.Env, err)
+	} else if ins.Config == nil || ins.Config.Labels[LabelLedgerEnv] != l.Env {
+		return executor.Systemf("a container named %s that berth did not make stands where %s's ledger belongs: remove it (docker rm %s)", name, l.Env, name)
+	} else {
+		id = ins.ID
+	}
+	data, err := json.MarshalIndent(l, "", " ")
+	if err != nil {
+		return executor.Systemf("encode the ledger of %s: %w", l.Env, err)
+	}
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	if err := tw.WriteHeader(&tar.Header{Name: ledgerFile, Mode: 0o644, Size: int64(len(data)), ModTime: time.Now()}); err != nil {
+		return executor.Systemf("encode the ledger of %s: %w", l.Env, err)
+	}
+	_, _ = tw.Write(data)
+	_ = tw.Close()
+	if err := eng.CopyToContainer(ctx, id, "/", &b, container.CopyToContainerOptions{}); err != nil {
+		return executor.Systemf("write the ledger of %s: %w", l.Env, err)
+	}
+	return nil
+}
