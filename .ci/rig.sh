@@ -130,7 +130,7 @@ images() {
 helper_image() {
 	apt_install git git-lfs ca-certificates
 	local stamp ctx f
-	stamp=$( (git --version; git-lfs --version; echo 1) | sha256sum | cut -c1-12)
+	stamp=$( (git --version; git-lfs --version; echo 2) | sha256sum | cut -c1-12)
 	if [ "$(docker_cli image inspect -f '{{index .Config.Labels "berth.rig.stamp"}}' berth-helper:local 2>/dev/null)" = "$stamp" ]; then
 		return 0
 	fi
@@ -148,7 +148,8 @@ helper_image() {
 			[ -e "$ctx/root$lib" ] || { mkdir -p "$ctx/root$(dirname "$lib")"; cp -L "$lib" "$ctx/root$lib"; }
 		done
 	done
-	printf 'FROM bash:local\nCOPY root/ /\nENV PATH=/usr/local/bin:/usr/bin:/bin HOME=/root\nRUN ["/bin/mkdir","-p","/root"]\n' >"$ctx/Dockerfile"
+	# git lfs install: the system-wide filters, as GitLab's helper image has
+	printf 'FROM bash:local\nCOPY root/ /\nENV PATH=/usr/local/bin:/usr/bin:/bin HOME=/root\nRUN ["/bin/mkdir","-p","/root"]\nRUN ["/usr/bin/git","lfs","install","--system","--skip-repo"]\n' >"$ctx/Dockerfile"
 	docker_cli build -q --label "berth.rig.stamp=$stamp" -t berth-helper:local "$ctx" >&2
 	rm -rf "$ctx"
 }

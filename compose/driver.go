@@ -51,12 +51,15 @@ var _ stages.Driver = (*Driver)(nil)
 
 // Lock is the same lock as the container driver's, on the target engine.
 func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duration) (func(), error) {
-	return stages.EngineLock(ctx, d.Engine, d.Out, d.Env, h, timeout)
+	return stages.EngineLock(ctx, d.Engine, d.Out, d.Env, d.key(), h, timeout)
 }
+
+// key names the environment's lock and ledger after its compose project.
+func (d *Driver) key() string { return "compose-" + d.Spec.Project }
 
 // Owner is the project that owns the environment, from its ledger.
 func (d *Driver) Owner(ctx context.Context, claim string) (string, error) {
-	return stages.LedgerOwner(ctx, d.Engine, d.Env, claim)
+	return stages.LedgerOwner(ctx, d.Engine, d.Env, d.key(), claim)
 }
 
 // Deploy points the services at the release by digest and brings the
@@ -89,7 +92,10 @@ func (d *Driver) switchTo(ctx context.Context, led stages.Ledger, next stages.En
 		d.trim(&led)
 		return stages.WriteLedger(ctx, d.Engine, led)
 	}
-	if res.Class != "build" {
+	if res.Class == ClassInvalid {
+		return executor.Buildf("%s: %s\nNothing was changed: %s still runs what it ran.", d.Env, res.Error, d.Spec.Project)
+	}
+	if res.Class != ClassBuild {
 		return res.Err()
 	}
 	failure := res.Error
@@ -134,7 +140,7 @@ func (d *Driver) request(e stages.Entry) Request {
 // ledger reads the environment's ledger; without one yet, it is made once
 // from the labels an earlier berth put on the project's containers.
 func (d *Driver) ledger(ctx context.Context) (stages.Ledger, error) {
-	l, ok, err := stages.ReadLedger(ctx, d.Engine, d.Env)
+	l, ok, err := stages.ReadLedger(ctx, d.Engine, d.Env, d.key())
 	if err != nil || ok {
 		return l, err
 	}

@@ -36,7 +36,7 @@ func (r Result) Err() error {
 	if r.Error == "" {
 		return nil
 	}
-	if r.Class == "build" {
+	if r.Class == ClassBuild || r.Class == ClassInvalid {
 		return executor.Buildf("%s", r.Error)
 	}
 	return executor.Systemf("%s", r.Error)

@@ -41,10 +41,21 @@ type Request struct {
 	Reserved []string `json:"reserved,omitempty"`
 }
 
+// Classes of a Result's error.
+const (
+	// ClassInvalid: the project did not load or was refused; nothing on
+	// the target changed. The job's fault.
+	ClassInvalid = "invalid"
+	// ClassBuild: the project did not come up. The job's fault.
+	ClassBuild = "build"
+	// ClassSystem: the helper could not reach the engine.
+	ClassSystem = "system"
+)
+
 // Result is berth-compose's answer.
 type Result struct {
 	// Error is why the project did not come up (or did not load); empty on
-	// success. Class is "build" for the project's own fault, else "system".
+	// success. Class says whose fault it is and what changed.
 	Error string `json:"error,omitempty"`
 	Class string `json:"class,omitempty"`
 	// Failing is the service that did not come up, and Logs its last lines.

@@ -78,12 +78,12 @@ var _ Driver = (*ContainerDriver)(nil)
 
 // Lock takes the environment's lock on the target engine.
 func (d *ContainerDriver) Lock(ctx context.Context, h Holder, timeout time.Duration) (func(), error) {
-	return EngineLock(ctx, d.Engine, d.Out, d.Env, h, timeout)
+	return EngineLock(ctx, d.Engine, d.Out, d.Env, d.Spec.Name, h, timeout)
 }
 
 // Owner is the project that owns the environment, from its ledger.
 func (d *ContainerDriver) Owner(ctx context.Context, claim string) (string, error) {
-	return LedgerOwner(ctx, d.Engine, d.Env, claim)
+	return LedgerOwner(ctx, d.Engine, d.Env, d.Spec.Name, claim)
 }
 
 // Deploy: pull by digest, create the new container while the old one still
@@ -574,7 +574,7 @@ func (d *ContainerDriver) lastLogs(ctx context.Context, id string, n int) string
 // environment's labels: trusted this once, when berth takes over its own
 // earlier deployments.
 func (d *ContainerDriver) ledger(ctx context.Context) (Ledger, error) {
-	l, ok, err := ReadLedger(ctx, d.Engine, d.Env)
+	l, ok, err := ReadLedger(ctx, d.Engine, d.Env, d.Spec.Name)
 	if err != nil || ok {
 		return l, err
 	}

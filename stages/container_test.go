@@ -56,7 +56,7 @@ func removeEnv(c *client.Client, d *ContainerDriver) {
 	for _, x := range list {
 		_ = c.ContainerRemove(ctx, x.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
 	}
-	_ = c.ContainerRemove(ctx, LockName(d.Env), container.RemoveOptions{Force: true})
+	_ = c.ContainerRemove(ctx, LockName(d.Spec.Name), container.RemoveOptions{Force: true})
 }
 
 func get(t *testing.T, url string) string {
@@ -232,7 +232,7 @@ func TestConcurrentDeploysRunOneAfterTheOther(t *testing.T) {
 	}
 	assert.False(t, second[0].Before(first[1]), "the second deploy started only after the first ended")
 	assert.Contains(t, out.String(), "berth: waiting for "+d.Env+": job 100")
-	_, err := c.ContainerInspect(ctx, LockName(d.Env))
+	_, err := c.ContainerInspect(ctx, LockName(d.Spec.Name))
 	assert.Error(t, err, "no lock left behind")
 }
 
@@ -294,11 +294,11 @@ func TestLockNeedsNothingFromTheTarget(t *testing.T) {
 	d, _ := testDriver(t, c, 16006)
 	unlock, err := d.Lock(ctx, Holder{Job: 7, Pipeline: 7, By: "t", Deadline: time.Now().Add(time.Hour)}, 5*time.Second)
 	require.NoError(t, err)
-	ins, err := c.ContainerInspect(ctx, LockName(d.Env))
+	ins, err := c.ContainerInspect(ctx, LockName(d.Spec.Name))
 	require.NoError(t, err)
 	assert.Equal(t, EmptyImage, ins.Config.Image)
 	unlock()
-	_, err = c.ContainerInspect(ctx, LockName(d.Env))
+	_, err = c.ContainerInspect(ctx, LockName(d.Spec.Name))
 	assert.Error(t, err, "released")
 }
 
@@ -333,11 +333,11 @@ func TestOnlyBerthsOwnRecordsCount(t *testing.T) {
 
 	// a lock or ledger of someone else's is refused, not taken over
 	other, _ := testDriver(t, c, 16011)
-	_, err = c.ContainerCreate(ctx, &container.Config{Image: "busybox:local", Labels: map[string]string{LabelLockJob: "1", LabelLockDeadline: "2000-01-01T00:00:00Z"}}, nil, nil, nil, LockName(other.Env))
+	_, err = c.ContainerCreate(ctx, &container.Config{Image: "busybox:local", Labels: map[string]string{LabelLockEnv: other.Env, LabelLockJob: "1", LabelLockDeadline: "2000-01-01T00:00:00Z"}}, nil, nil, nil, LockName(other.Spec.Name))
 	require.NoError(t, err)
 	_, err = other.Lock(ctx, Holder{Job: 2, Deadline: time.Now().Add(time.Hour)}, time.Second)
 	assert.ErrorContains(t, err, "that berth did not make")
-	_, err = c.ContainerCreate(ctx, &container.Config{Image: "busybox:local"}, nil, nil, nil, LedgerName(other.Env))
+	_, err = c.ContainerCreate(ctx, &container.Config{Image: "busybox:local"}, nil, nil, nil, LedgerName(other.Spec.Name))
 	require.NoError(t, err)
 	_, err = other.History(ctx)
 	assert.ErrorContains(t, err, "that berth did not make")
@@ -352,7 +352,7 @@ func TestLedgerTakesOverLabelledContainers(t *testing.T) {
 	d, _ := testDriver(t, c, 16012)
 	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "one", true)))
 	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "two", true)))
-	require.NoError(t, c.ContainerRemove(ctx, LedgerName(d.Env), container.RemoveOptions{Force: true}))
+	require.NoError(t, c.ContainerRemove(ctx, LedgerName(d.Spec.Name), container.RemoveOptions{Force: true}))
 	hist, err := d.History(ctx)
 	require.NoError(t, err)
 	require.Len(t, hist, 2)

@@ -31,16 +31,20 @@ const (
 	// holds nothing and never runs.
 	EmptyImage      = "berth-empty:1"
 	ledgerFile      = "ledger.json"
-	LabelLedgerEnv  = "berth.ledger.env"
+	LabelLedger     = "berth.ledger" // the key of the environment's target
 	labelEmptyImage = "berth.empty"
 )
 
-// LedgerName is the container that holds an environment's ledger.
-func LedgerName(env string) string { return "berth-ledger-" + env }
+// LedgerName is the container that holds the ledger of a target key.
+func LedgerName(key string) string { return "berth-ledger-" + key }
 
-// Ledger is what berth knows of an environment at its target.
+// Ledger is what berth knows of an environment at its target. Ledgers and
+// locks are named after the target's key (the container's name, the
+// compose project), the thing deployed, so every berth.toml that deploys
+// it, on any runner host, shares them.
 type Ledger struct {
 	Env string `json:"env"`
+	Key string `json:"key"`
 	// Owner is the project (full path) that owns the environment: the
 	// first one that deployed it, where berth.toml names no projects.
 	Owner      string    `json:"owner,omitempty"`
@@ -162,21 +166,21 @@ func EnsureEmptyImage(ctx context.Context, eng LedgerEngine) error {
 
 // ReadLedger reads an environment's ledger; ok is false when there is
 // none yet. A container of that name that berth did not make is refused.
-func ReadLedger(ctx context.Context, eng LedgerEngine, env string) (l Ledger, ok bool, err error) {
-	name := LedgerName(env)
+func ReadLedger(ctx context.Context, eng LedgerEngine, env, key string) (l Ledger, ok bool, err error) {
+	name := LedgerName(key)
 	ins, err := eng.ContainerInspect(ctx, name)
 	if errdefs.IsNotFound(err) {
-		return Ledger{Env: env}, false, nil
+		return Ledger{Env: env, Key: key}, false, nil
 	}
 	if err != nil {
 		return Ledger{}, false, executor.Systemf("read the ledger of %s: %w", env, err)
 	}
-	if ins.Config == nil || ins.Config.Labels[LabelLedgerEnv] != env {
+	if ins.Config == nil || ins.Config.Labels[LabelLedger] != key {
 		return Ledger{}, false, executor.Systemf("a container named %s that berth did not make stands where %s's ledger belongs: remove it (docker rm %s)", name, env, name)
 	}
 	rc, _, err := eng.CopyFromContainer(ctx, ins.ID, "/"+ledgerFile)
 	if errdefs.IsNotFound(err) {
-		return Ledger{Env: env}, false, nil
+		return Ledger{Env: env, Key: key}, false, nil
 	}
 	if err != nil {
 		return Ledger{}, false, executor.Systemf("read the ledger of %s: %w", env, err)
@@ -189,7 +193,7 @@ func ReadLedger(ctx context.Context, eng LedgerEngine, env string) (l Ledger, ok
 	if err := json.NewDecoder(tr).Decode(&l); err != nil {
 		return Ledger{}, false, executor.Systemf("the ledger of %s is damaged (%v): remove %s and deploy again", env, err, name)
 	}
-	l.Env = env
+	l.Env, l.Key = env, key
 	return l, true, nil
 }
 
@@ -197,7 +201,7 @@ func ReadLedger(ctx context.Context, eng LedgerEngine, env string) (l Ledger, ok
 // Callers hold the environment's lock.
 func WriteLedger(ctx context.Context, eng LedgerEngine, l Ledger) error {
 	ctx = context.WithoutCancel(ctx) // a record is never left half written
-	name := LedgerName(l.Env)
+	name := LedgerName(l.Key)
 	ins, err := eng.ContainerInspect(ctx, name)
 	var id string
 	if errdefs.IsNotFound(err) {
@@ -205,14 +209,14 @@ func WriteLedger(ctx context.Context, eng LedgerEngine, l Ledger) error {
 			return err
 		}
 		made, cerr := eng.ContainerCreate(ctx, &container.Config{Image: EmptyImage, Entrypoint: []string{"ledger"},
-			Labels: map[string]string{LabelLedgerEnv: l.Env}}, &container.HostConfig{NetworkMode: "none"}, nil, nil, name)
+			Labels: map[string]string{LabelLedger: l.Key, LabelLockEnv: l.Env}}, &container.HostConfig{NetworkMode: "none"}, nil, nil, name)
 		if cerr != nil {
 			return executor.Systemf("make the ledger of %s: %w", l.Env, cerr)
 		}
 		id = made.ID
 	} else if err != nil {
 		return executor.Systemf("write the ledger of %s: %w", l.Env, err)
-	} else if ins.Config == nil || ins.Config.Labels[LabelLedgerEnv] != l.Env {
+	} else if ins.Config == nil || ins.Config.Labels[LabelLedger] != l.Key {
 		return executor.Systemf("a container named %s that berth did not make stands where %s's ledger belongs: remove it (docker rm %s)", name, l.Env, name)
 	} else {
 		id = ins.ID

@@ -16,6 +16,7 @@ import (
 // Lock labels, read by whoever waits and by cleanup.
 const (
 	LabelLockEnv      = "berth.lock.env"
+	LabelLockKey      = "berth.lock.key"
 	LabelLockJob      = executor.LabelLockJob
 	LabelLockPipeline = "berth.lock.pipeline"
 	LabelLockBy       = "berth.lock.by"
@@ -23,8 +24,9 @@ const (
 	LabelLockDeadline = "berth.lock.deadline"
 )
 
-// LockName is the container that is an environment's deploy lock.
-func LockName(env string) string { return "berth-lock-" + env }
+// LockName is the container that is the deploy lock of a target key (a
+// Lease's name for the kube driver).
+func LockName(key string) string { return "berth-lock-" + key }
 
 // LockEngine is what a lock needs from an engine: the same as a ledger.
 type LockEngine = LedgerEngine
@@ -35,14 +37,14 @@ type LockEngine = LedgerEngine
 // the driver. A container of that name that berth did not make is refused,
 // never taken over; a stale lock of berth's is taken over and released by
 // its id, so two waiters cannot both remove one lock.
-func EngineLock(ctx context.Context, eng LockEngine, out io.Writer, env string, h Holder, timeout time.Duration) (func(), error) {
+func EngineLock(ctx context.Context, eng LockEngine, out io.Writer, env, key string, h Holder, timeout time.Duration) (func(), error) {
 	if err := EnsureEmptyImage(ctx, eng); err != nil {
 		return nil, err
 	}
-	name := LockName(env)
+	name := LockName(key)
 	now := time.Now()
 	labels := map[string]string{
-		LabelLockEnv: env, LabelLockJob: strconv.FormatInt(h.Job, 10), LabelLockPipeline: strconv.FormatInt(h.Pipeline, 10),
+		LabelLockEnv: env, LabelLockKey: key, LabelLockJob: strconv.FormatInt(h.Job, 10), LabelLockPipeline: strconv.FormatInt(h.Pipeline, 10),
 		LabelLockBy: h.By, LabelLockSince: now.UTC().Format(time.RFC3339), LabelLockDeadline: h.Deadline.UTC().Format(time.RFC3339),
 	}
 	deadline := now.Add(timeout)
@@ -66,7 +68,7 @@ func EngineLock(ctx context.Context, eng LockEngine, out io.Writer, env string, 
 			return nil, executor.Systemf("read the deploy lock %s: %w", name, ierr)
 		}
 		l := ins.Config.Labels
-		if l[LabelLockEnv] != env {
+		if l[LabelLockKey] != key {
 			return nil, executor.Systemf("a container named %s that berth did not make blocks deploys of %s: remove it (docker rm %s)", name, env, name)
 		}
 		if d, perr := time.Parse(time.RFC3339, l[LabelLockDeadline]); perr == nil && time.Now().After(d) {

@@ -33,8 +33,8 @@ func CheckOwner(ctx context.Context, d Driver, env string, e settings.Environmen
 }
 
 // LedgerOwner is Owner for the drivers that keep a ledger on an engine.
-func LedgerOwner(ctx context.Context, eng LedgerEngine, env, claim string) (string, error) {
-	l, _, err := ReadLedger(ctx, eng, env)
+func LedgerOwner(ctx context.Context, eng LedgerEngine, env, key, claim string) (string, error) {
+	l, _, err := ReadLedger(ctx, eng, env, key)
 	if err != nil || l.Owner != "" || claim == "" {
 		return l.Owner, err
 	}

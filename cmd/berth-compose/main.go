@@ -23,7 +23,7 @@ func main() {
 	defer stop()
 	res, err := run(ctx)
 	if err != nil {
-		res = compose.Result{Error: err.Error(), Class: "system"}
+		res = compose.Result{Error: err.Error(), Class: compose.ClassSystem}
 	}
 	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
 		fmt.Fprintf(os.Stderr, "berth-compose: %v\n", err)

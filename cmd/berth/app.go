@@ -159,7 +159,7 @@ func (a *app) executor() (*executor.Executor, error) {
 		if a.settings.Job.RunnerBinary != "" {
 			return nil, executor.Systemf("job.runner_binary: %s: name a static gitlab-runner, or set it to %q to use the helper image's own", why, settings.RunnerBinaryImage)
 		}
-		log.Warnf("helper containers use job.helper_image's own gitlab-runner: %s", why)
+		log.Infof("helper containers use job.helper_image's own gitlab-runner: %s", why)
 	}
 	return ex, a.wireNative(ex, eng)
 }

@@ -112,5 +112,8 @@ func removeComposeProject(t *testing.T, project string) {
 			_ = exec.Command("docker", "rm", "-f", id).Run()
 		}
 		_ = exec.Command("docker", "network", "rm", project+"_default").Run()
+		for _, c := range []string{"berth-ledger-compose-" + project, "berth-lock-compose-" + project} {
+			_ = exec.Command("docker", "rm", "-f", c).Run()
+		}
 	})
 }

@@ -172,6 +172,13 @@ func (r *rig) runJob(t *testing.T, tomlPath string, jobArgs ...string) jobResult
 // express (a service's entrypoint, command and variables).
 func (r *rig) runJobWith(t *testing.T, tomlPath string, edit func(payload map[string]any), jobArgs ...string) jobResult {
 	t.Helper()
+	return r.runJobEnv(t, tomlPath, nil, edit, jobArgs...)
+}
+
+// runJobEnv is runJobWith with more environment for the runner (and so
+// for berth).
+func (r *rig) runJobEnv(t *testing.T, tomlPath string, env []string, edit func(payload map[string]any), jobArgs ...string) jobResult {
+	t.Helper()
 	out := t.TempDir()
 	payload := filepath.Join(out, "job.json")
 	cmd := exec.Command(filepath.Join(r.shared, "job.py"), jobArgs...)
@@ -189,7 +196,7 @@ func (r *rig) runJobWith(t *testing.T, tomlPath string, edit func(payload map[st
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	run := exec.CommandContext(ctx, filepath.Join(r.shared, "run-job.sh"), payload, out, "--", r.berth, "--config", tomlPath)
-	run.Env = append(os.Environ(), "GLR_BIN="+r.glrBin)
+	run.Env = append(append(os.Environ(), "GLR_BIN="+r.glrBin), env...)
 	combined, err := run.CombinedOutput()
 	require.NoError(t, err, "run-job.sh: %s", combined)
 	var res jobResult

@@ -65,14 +65,14 @@ func New(c client.APIClient, logins bool) (*Service, error) {
 func (s *Service) Apply(ctx context.Context, req compose.Request) (compose.Result, error) {
 	project, err := Load(ctx, req)
 	if err != nil {
-		return compose.Result{Error: err.Error(), Class: "build"}, nil
+		return compose.Result{Error: err.Error(), Class: compose.ClassInvalid}, nil
 	}
 	services, err := chosen(project, req)
 	if err != nil {
-		return compose.Result{Error: err.Error(), Class: "build"}, nil
+		return compose.Result{Error: err.Error(), Class: compose.ClassInvalid}, nil
 	}
 	if err := Check(project, req, services); err != nil {
-		return compose.Result{Error: err.Error(), Class: "build"}, nil
+		return compose.Result{Error: err.Error(), Class: compose.ClassInvalid}, nil
 	}
 	for _, name := range services {
 		svc := project.Services[name]
@@ -97,7 +97,7 @@ func (s *Service) Apply(ctx context.Context, req compose.Request) (compose.Resul
 	if ctx.Err() != nil {
 		return compose.Result{}, ctx.Err()
 	}
-	res := compose.Result{Services: services, Error: fmt.Sprintf("project %s did not come up: %v", project.Name, err), Class: "build"}
+	res := compose.Result{Services: services, Error: fmt.Sprintf("project %s did not come up: %v", project.Name, err), Class: compose.ClassBuild}
 	res.Failing, res.Logs = s.failing(ctx, project.Name)
 	return res, nil
 }

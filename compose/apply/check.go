@@ -60,7 +60,7 @@ func newChecker(req compose.Request) (*checker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the compose project's directory %s: %w", req.WorkingDir, err)
 	}
-	return &checker{allow: req.Allow, root: root, dir: filepath.Clean(req.WorkingDir), reserved: req.Reserved}, nil
+	return &checker{allow: req.Allow, root: root, dir: filepath.Clean(req.WorkingDir), reserved: req.Reserved, project: req.Project}, nil
 }
 
 // inFiles refuses compose files of the checkout that lead outside it
@@ -81,6 +81,7 @@ type checker struct {
 	root     string // the project dir, symlinks resolved
 	dir      string // and as named
 	reserved []string
+	project  string
 	found    []refusal
 }
 
@@ -364,8 +365,12 @@ func (c *checker) labels(where string, l types.Labels) {
 
 // reservedName says whether a container, network or volume name is one
 // berth uses: berth-*, or an environment's container and its kept ones.
+// The project's own names (project_*, project-*) are the operator's.
 func (c *checker) reservedName(name string) bool {
 	name = strings.TrimPrefix(name, "/")
+	if p := c.project; p != "" && (name == p || strings.HasPrefix(name, p+"_") || strings.HasPrefix(name, p+"-")) {
+		return false
+	}
 	if strings.HasPrefix(name, "berth-") || strings.HasPrefix(name, "berth.") {
 		return true
 	}
