@@ -325,6 +325,18 @@ health_url = "%shealth"
 		{"berth", []string{e.drivers[0].exe, "--config", toml}, nil, nil},
 		{"bash", []string{e.drivers[1].exe}, []string{"BASHDRIVER_ON_HOST=1"}, script},
 	}
+	if len(e.drivers) > 2 { // berth before the helper container, on a container of its own
+		data, err := os.ReadFile(toml)
+		must(b, err)
+		old := strings.NewReplacer("helper_image = \"berth-helper:local\"\n", "", `name = "bench-web"`, `name = "bench-web-before"`).Replace(string(data))
+		must(b, os.WriteFile(toml+".before", []byte(old), 0o644))
+		sides = append(sides, struct {
+			name string
+			args []string
+			env  []string
+			jobs []string
+		}{"before", []string{e.drivers[2].exe, "--config", toml + ".before"}, nil, nil})
+	}
 	for _, side := range sides {
 		b.Run(side.name, func(b *testing.B) {
 			defer clearPort(b, "bench-web")

@@ -9,6 +9,21 @@ examples/demo.sh down # its web holds port 6000
 GLR_BIN=$(.ci/rig.sh runner | tail -n1)
 export GLR_BIN BERTH_BIN=$root/bin/berth
 [ -x "$BERTH_BIN" ] || make build
+# berth before the helper container, measured beside it: built once from
+# its commit, cached outside the clone
+BERTH_BEFORE_REF=${BERTH_BEFORE_REF:-7435b88}
+if before_sha=$(git rev-parse --verify -q "$BERTH_BEFORE_REF^{commit}"); then
+	before_dir=$HOME/.cache/berth-bench/before-$before_sha
+	if [ ! -x "$before_dir/berth" ]; then
+		src=$(mktemp -d)
+		git archive "$before_sha" | tar -x -C "$src"
+		(cd "$src" && CGO_ENABLED=0 go build -trimpath -o "$before_dir/berth" ./cmd/berth)
+		rm -rf "$src"
+	fi
+	export BERTH_BEFORE_BIN=$before_dir/berth
+else
+	echo "bench: no commit $BERTH_BEFORE_REF here: the helper container's cost is not measured" >&2
+fi
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 count=${BENCH_COUNT:-3}

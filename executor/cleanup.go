@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
@@ -50,15 +51,24 @@ func (e *Executor) Cleanup(ctx context.Context) error {
 	return nil
 }
 
+// removeContainers removes the listed containers side by side: each force
+// removal waits for its container to die, and they need not wait for each
+// other.
 func (e *Executor) removeContainers(ctx context.Context, opts container.ListOptions) (int, error) {
 	list, err := e.Engine.ContainerList(ctx, opts)
 	if err != nil {
 		return 0, fmt.Errorf("list containers: %w", err)
 	}
-	var errs []error
-	for _, c := range list {
-		errs = append(errs, removeContainer(ctx, e.Engine, c.ID, c.Names))
+	errs := make([]error, len(list))
+	var wg sync.WaitGroup
+	for i, c := range list {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = removeContainer(ctx, e.Engine, c.ID, c.Names)
+		}()
 	}
+	wg.Wait()
 	return len(list), errors.Join(errs...)
 }
 

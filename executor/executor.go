@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -47,6 +48,9 @@ type Executor struct {
 	// Out is the job log: stdout of prepare and run, which the runner
 	// streams to GitLab. Everything written to it goes through the redactor.
 	Out io.Writer
+	// ScriptOut and ScriptErr take a stage's own output: stdout and stderr
+	// of `berth run`, which the runner streams to the job log.
+	ScriptOut, ScriptErr io.Writer
 	// Log is the operator log (logrus on stderr or the TOML's log_file).
 	Log     logrus.FieldLogger
 	Version string
@@ -56,6 +60,9 @@ type Executor struct {
 	// RunnerBinary is the static gitlab-runner mounted into the helper
 	// container; empty uses the helper image's own.
 	RunnerBinary string
+	// SelfBinary is berth's own static binary, which serves the helper
+	// container's stages; empty runs each with a docker exec.
+	SelfBinary string
 	// Native, when set, performs the build_script stage in place of the
 	// job's script (a deploy or release stage).
 	Native func(ctx context.Context) error
@@ -72,6 +79,7 @@ func New(engine Engine, s *settings.Settings, job *Job, out io.Writer, log logru
 	r := NewRedactor(job.Secrets())
 	return &Executor{
 		Engine: engine, Settings: s, Job: job, Out: r.Writer(out), Log: log,
+		ScriptOut: os.Stdout, ScriptErr: os.Stderr,
 		Version: version, Now: time.Now, redactor: r,
 	}
 }

@@ -74,6 +74,15 @@ func (e *Executor) startHelper(ctx context.Context) error {
 		Labels:     e.labels(RoleHelper),
 	}
 	host := e.hostConfig(mounts)
+	if e.SelfBinary != "" { // berth serves the stages itself (helperserve.go)
+		sockDir := HelperSocketDir(dir)
+		host.Mounts = append(host.Mounts,
+			mount.Mount{Type: mount.TypeBind, Source: e.SelfBinary, Target: helperBinDir + "/berth", ReadOnly: true},
+			mount.Mount{Type: mount.TypeBind, Source: sockDir, Target: sockDir})
+		cfg.Entrypoint, cfg.OpenStdin = []string{helperBinDir + "/berth", "helper", HelperSocket(dir), dir}, false
+		init := true
+		host.Init = &init // tini reaps what the stages leave behind
+	}
 	host.NetworkMode = container.NetworkMode(NetworkName(e.Job))
 	if n := e.Settings.Job.HelperNetwork; n != "" {
 		host.NetworkMode = container.NetworkMode(n)
@@ -147,6 +156,13 @@ func FindRunnerBinary(configured string, ppid int, lookPath func(string) (string
 		return "", fmt.Sprintf("%s is dynamically linked and cannot run in another image", path)
 	}
 	return path, ""
+}
+
+// IsStatic says whether path is a static ELF binary, which runs in any
+// Linux image.
+func IsStatic(path string) bool {
+	ok, err := isStatic(path)
+	return ok && err == nil
 }
 
 // isStatic says whether an ELF binary needs no dynamic loader.

@@ -41,7 +41,7 @@ func (e *Executor) Prepare(ctx context.Context) error {
 		return Buildf("the job has no image: and berth.toml sets no job.default_image: add image: to the job in .gitlab-ci.yml")
 	}
 
-	for _, dir := range []string{JobDir(e.Settings, e.Job), CacheDirFor(e.Settings, e.Job)} {
+	for _, dir := range []string{JobDir(e.Settings, e.Job), HelperSocketDir(JobDir(e.Settings, e.Job)), CacheDirFor(e.Settings, e.Job)} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return Systemf("create %s on the runner host: %w (check berth.toml builds_dir/cache_dir and their permissions)", dir, err)
 		}
@@ -230,6 +230,8 @@ func (e *Executor) startJobContainer(ctx context.Context, img string) error {
 	mounts := []mount.Mount{
 		{Type: mount.TypeBind, Source: dir, Target: dir},
 		{Type: mount.TypeBind, Source: cache, Target: cache},
+		// the helper's socket is the helper's: the job sees an empty dir
+		{Type: mount.TypeTmpfs, Target: HelperSocketDir(dir)},
 	}
 	host := e.hostConfig(mounts)
 	host.NetworkMode = container.NetworkMode(NetworkName(e.Job))

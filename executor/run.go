@@ -31,6 +31,8 @@ func (e *Executor) Run(ctx context.Context, script, stage, exitCodeFile string) 
 		err = e.Native(ctx)
 	case Route(stage) == InContainer:
 		err = e.runIn(ctx, ContainerName(e.Job), script, stage)
+	case e.SelfBinary != "":
+		err = e.runHelperStage(ctx, script, stage)
 	default:
 		err = e.runIn(ctx, HelperName(e.Job), script, stage)
 	}
@@ -42,6 +44,16 @@ func (e *Executor) Run(ctx context.Context, script, stage, exitCodeFile string) 
 		return Build(err)
 	}
 	return err
+}
+
+// runHelperStage sends a stage's script to berth in the helper container.
+func (e *Executor) runHelperStage(ctx context.Context, scriptPath, stage string) error {
+	f, err := os.Open(scriptPath)
+	if err != nil {
+		return Systemf("open stage script: %w", err)
+	}
+	defer f.Close()
+	return e.runViaHelper(ctx, f, stage)
 }
 
 // errCancelled is the build failure of a stage stopped by SIGTERM.
@@ -83,7 +95,7 @@ func (e *Executor) runIn(ctx context.Context, name, scriptPath, stage string) er
 	}()
 	done := make(chan error, 1)
 	go func() {
-		_, err := stdcopy.StdCopy(os.Stdout, os.Stderr, hj.Reader)
+		_, err := stdcopy.StdCopy(e.ScriptOut, e.ScriptErr, hj.Reader)
 		done <- err
 	}()
 

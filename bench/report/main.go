@@ -129,6 +129,7 @@ func run(in io.Reader, out io.Writer, title string) error {
 		}
 		fmt.Fprintf(out, "| %s | %s | %.1f | %s | %s | %s | %s |\n", measure, unit, berth, script, ratio, g.text, met)
 	}
+	failed += helperCost(out, samples, order)
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "What each measure is:")
 	fmt.Fprintln(out, "- `Invocation/config`: `berth config` alone: read berth.toml and the job payload, print JSON.")
@@ -154,6 +155,46 @@ func run(in io.Reader, out io.Writer, title string) error {
 		fmt.Fprintf(out, "\n%d goal(s) not met.\n", failed)
 	}
 	return nil
+}
+
+// costGoals bound what the helper container adds to a job, in ms.
+var costGoals = map[string]float64{"TrivialJob median-ms": 300, "DeployJob median-ms": 300}
+
+// helperCost is the table of berth against berth before the helper
+// container (side "before"), where the run measured it.
+func helperCost(out io.Writer, samples map[string]map[string][]float64, order []string) int {
+	var rows []string
+	for _, row := range order {
+		if len(samples[row]["before"]) > 0 && strings.HasSuffix(row, "-ms") {
+			rows = append(rows, row)
+		}
+	}
+	if len(rows) == 0 {
+		return 0
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "### What the helper container costs")
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "berth against berth before the helper container (commit `BERTH_BEFORE_REF` of bench/run.sh, whose")
+	fmt.Fprintln(out, "sources, cache and artifact stages ran with the runner host's bash), same run, same engine.")
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "| measure | metric | berth | berth before | cost | goal | met |")
+	fmt.Fprintln(out, "|---|---|---:|---:|---:|---|---|")
+	failed := 0
+	for _, row := range rows {
+		now, before := median(samples[row]["berth"]), median(samples[row]["before"])
+		measure, unit, _ := strings.Cut(row, " ")
+		goalText, met := "", ""
+		if max, ok := costGoals[row]; ok {
+			goalText, met = fmt.Sprintf("cost ≤ %.0f ms", max), "yes"
+			if now-before > max {
+				met = "**no**"
+				failed++
+			}
+		}
+		fmt.Fprintf(out, "| %s | %s | %.1f | %.1f | %+.1f | %s | %s |\n", measure, unit, now, before, now-before, goalText, met)
+	}
+	return failed
 }
 
 func median(v []float64) float64 {

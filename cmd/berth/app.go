@@ -74,6 +74,13 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 		return a.rollback(ctx, args)
 	case "exec":
 		return a.exec(ctx, args)
+	case "helper":
+		// PID 1's child in a job's helper container (executor/helperserve.go):
+		// it runs the runner's stages sent over its socket
+		if len(args) != 2 {
+			return executor.Systemf("usage: berth helper SOCKET DIR (run by the helper container)")
+		}
+		return executor.ServeHelper(ctx, args[0], args[1])
 	case "anchor":
 		// PID 1 of an environment's anchor container (stages/anchor.go):
 		// it only holds the network namespace, until stopped.
@@ -153,6 +160,9 @@ func (a *app) executor() (*executor.Executor, error) {
 	}
 	ex := executor.New(eng, a.settings, a.job, a.stdout, log, version)
 	ex.LocalEngine = local
+	if self, err := os.Executable(); err == nil && executor.IsStatic(self) {
+		ex.SelfBinary = self // serves the helper container's stages
+	}
 	var why string
 	ex.RunnerBinary, why = executor.FindRunnerBinary(a.settings.Job.RunnerBinary, os.Getppid(), exec.LookPath)
 	if why != "" {

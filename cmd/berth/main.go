@@ -44,6 +44,7 @@ Operator commands:
                          run jobs of .gitlab-ci.yml here, as the runner would
   version                print berth's version
   anchor                 hold an environment's ports (run by its NAME-net container)
+  helper SOCKET DIR      serve a job's stages (run by its helper container)
 
 The config file is --config, else $BERTH_CONFIG, else /etc/gitlab-runner/berth.toml,
 else built-in defaults.
