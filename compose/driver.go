@@ -195,7 +195,7 @@ func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, er
 	return back.Record(), nil
 }
 
-// History is the ledger: the current deployment and the earlier ones,
+// History is the ledger: the current deployment first, then the others,
 // newest first.
 func (d *Driver) History(ctx context.Context) ([]stages.Record, error) {
 	led, err := d.ledger(ctx)
@@ -208,6 +208,7 @@ func (d *Driver) History(ctx context.Context) ([]stages.Record, error) {
 		r.ID = e.Image
 		recs = append(recs, r)
 	}
+	sort.SliceStable(recs, func(i, k int) bool { return recs[i].Result == stages.ResultServing && recs[k].Result != stages.ResultServing })
 	return recs, nil
 }
 

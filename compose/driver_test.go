@@ -178,7 +178,13 @@ func TestComposeDeployRollOutAndRollBack(t *testing.T) {
 	assert.Equal(t, "app v1", f.get(t))
 	hist, err = f.d.History(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, "rolled back by alice", hist[1].Result)
+	assert.Equal(t, v1.Digest, hist[0].Digest)
+	assert.Equal(t, "serving", hist[0].Result)
+	results := map[string]string{}
+	for _, h := range hist[1:] {
+		results[h.Digest] = h.Result
+	}
+	assert.Equal(t, "rolled back by alice", results[v2.Digest], "newest deploys first: %v", hist)
 
 	_, err = f.d.Rollback(ctx, "sha256:nothing-like-this", "bob")
 	assert.ErrorContains(t, err, "holds no sha256:nothing-like-this")

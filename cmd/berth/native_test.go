@@ -1,7 +1,11 @@
 package main
 
 import (
+	"bytes"
+	"math"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -35,4 +39,66 @@ func TestBerthLinksNeitherComposeNorClientGo(t *testing.T) {
 			assert.False(t, strings.HasPrefix(dep, heavy), "berth links %s", dep)
 		}
 	}
+}
+
+func TestCheckPrintsNoSecret(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "berth.toml")
+	require.NoError(t, os.WriteFile(path, []byte(`
+[registry]
+image = "127.0.0.1:5000/{project}"
+username = "deployer"
+password = "registry-pw-123"
+[build]
+args = { NPM_TOKEN = "npm-token-456" }
+[environments.web]
+driver = "container"
+[environments.web.container]
+env = ["DB_PASSWORD=db-pw-789", "MODE=secretmode"]
+[environments.staging]
+driver = "kube"
+manual = true
+`), 0o644))
+	var out, errOut bytes.Buffer
+	code := run([]string{"check", "--config", path}, &out, &errOut)
+	require.Zero(t, code, errOut.String())
+	for _, secret := range []string{"registry-pw-123", "npm-token-456", "db-pw-789", "secretmode"} {
+		assert.NotContains(t, out.String(), secret)
+	}
+	assert.Contains(t, out.String(), `"DB_PASSWORD=[MASKED]"`)
+	assert.Contains(t, out.String(), "deployer", "user names are not secret")
+	assert.Contains(t, out.String(), "# warning: environment staging is manual but not protected")
+}
+
+func TestConfigFlagAnywhere(t *testing.T) {
+	good := filepath.Join(t.TempDir(), "berth.toml")
+	require.NoError(t, os.WriteFile(good, []byte("log_level = \"info\"\n"), 0o644))
+	bad := filepath.Join(t.TempDir(), "berth.toml")
+	require.NoError(t, os.WriteFile(bad, []byte("log_level = \n"), 0o644))
+	tests := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"check", "--config", good}, 0, good},
+		{[]string{"check", "--config=" + good}, 0, good},
+		{[]string{"--config", good, "check"}, 0, good},
+		{[]string{"check", "--config", bad}, 2, bad + ":1"},
+		{[]string{"check", "--config", "/nonexistent/berth.toml"}, 2, "/nonexistent/berth.toml"},
+		{[]string{"check", "--config"}, 2, "--config needs a file"},
+		{[]string{"--config", good, "check", "--config", bad}, 2, "--config is given twice"},
+		{[]string{"check", "extra"}, 2, "check takes no arguments"},
+	}
+	for _, tt := range tests {
+		var out, errOut bytes.Buffer
+		code := run(tt.args, &out, &errOut)
+		assert.Equal(t, tt.code, code, "%v: %s%s", tt.args, out.String(), errOut.String())
+		assert.Contains(t, out.String()+errOut.String(), tt.want, "%v", tt.args)
+	}
+}
+
+func TestExecJobIDsCannotCollide(t *testing.T) {
+	first, last := execJobID(0, 0), execJobID(1e9-1, 999)
+	assert.Greater(t, first, int64(9e15), "far above any id GitLab hands out")
+	assert.Greater(t, last, first)
+	assert.Less(t, last, int64(math.MaxInt64))
 }

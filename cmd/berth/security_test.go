@@ -43,7 +43,7 @@ func TestE2EHookRunsInTheHelperNotOnTheHost(t *testing.T) {
 		"--hook", "pre_get_sources_script="+hook, "--script", "cat README")
 	tr := traceLines(res.Trace)
 	require.Equal(t, "success", res.State, tr)
-	assert.Contains(t, tr, "hook pid1=sh", "the hook ran, in a container")
+	assert.Contains(t, tr, "hook pid1=docker-init", "the hook ran, in the helper container")
 	assert.Contains(t, tr, "hook-sees-no-docker")
 	assert.NoFileExists(t, proof, "the hook never ran on the runner host")
 	assert.Contains(t, tr, "\napp\n", "the sources are still checked out")
@@ -62,7 +62,7 @@ func TestE2EGitlabEnvPathHijackStaysInTheContainer(t *testing.T) {
 		"--script", script, "--cache", "hijack=c")
 	tr := traceLines(res.Trace)
 	assert.Contains(t, tr, "EVIL RAN as", "the later stages took the job's PATH")
-	assert.Contains(t, tr, "in sh", "in the helper container")
+	assert.Contains(t, tr, "in docker-init", "in the helper container")
 	assert.NoFileExists(t, proof, "nothing of the job ran on the runner host")
 	r.requireNothingLeft(t, res.JobID)
 }

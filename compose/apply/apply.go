@@ -156,9 +156,6 @@ func Load(ctx context.Context, req compose.Request) (*types.Project, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := c.inFiles(files); err != nil {
-		return nil, err
-	}
 	opts, err := cli.NewProjectOptions(files,
 		cli.WithWorkingDirectory(req.WorkingDir),
 		cli.WithOsEnv,
@@ -170,6 +167,12 @@ func Load(ctx context.Context, req compose.Request) (*types.Project, error) {
 	)
 	if err != nil {
 		return nil, fmt.Errorf("compose project %s: %w", req.Project, err)
+	}
+	if err := c.inFiles(opts.ConfigPaths); err != nil {
+		return nil, err
+	}
+	if err := c.result(req.Env); err != nil {
+		return nil, err // not even read
 	}
 	if err := c.preScan(opts.ConfigPaths, req.WorkingDir); err != nil {
 		return nil, err

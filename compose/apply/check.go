@@ -333,7 +333,7 @@ func (c *checker) build(where string, b *types.BuildConfig, dir string) {
 	if b.Context != "" && !strings.Contains(b.Context, "://") && !c.inside(dir, b.Context) {
 		c.refuse(where, "host_files", "context %s is outside the project's checkout", b.Context)
 	}
-	if b.Dockerfile != "" && !c.inside(resolve(dir, b.Context), b.Dockerfile) {
+	if b.Dockerfile != "" && c.inside(dir, b.Context) && !c.inside(resolve(dir, b.Context), b.Dockerfile) {
 		c.refuse(where, "host_files", "dockerfile %s is outside the project's checkout", b.Dockerfile)
 	}
 	for name, ctx := range b.AdditionalContexts {
