@@ -208,7 +208,9 @@ func (d *Driver) History(ctx context.Context) ([]stages.Record, error) {
 		r.ID = e.Image
 		recs = append(recs, r)
 	}
-	sort.SliceStable(recs, func(i, k int) bool { return recs[i].Result == stages.ResultServing && recs[k].Result != stages.ResultServing })
+	sort.SliceStable(recs, func(i, k int) bool {
+		return recs[i].Result == stages.ResultServing && recs[k].Result != stages.ResultServing
+	})
 	return recs, nil
 }
 

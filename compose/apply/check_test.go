@@ -68,7 +68,7 @@ networks:
 				"service web: privileged: true", "service web: cap_add: SYS_ADMIN", "service web: devices",
 				"service web: network_mode: host", "service web: pid: host", "service web: security_opt: seccomp:unconfined",
 				"service web: the Docker socket (/var/run/docker.sock) as a volume", "service web: the host path / as a volume",
-				"service web: the host path " /* the checkout's ./conf, bound from the host */,
+				"service web: the host path ", /* the checkout's ./conf, bound from the host */
 				"service side: volumes_from: container:berth-job-1", "service side: container_name: web-0123456789ab, a name berth uses",
 				"service side: label berth.env", "service side build: context /etc is outside",
 				"volume hostdir: driver_opts that mount the host path /etc", "secret s: file: /etc/shadow, outside",
