@@ -126,6 +126,42 @@ start() { # name, command...: in the background, its pid recorded
 	echo "$! $name" >>"$STATE/pids"
 }
 
+# the API server alone, for the tests that stop it during a rollout
+apiserver() {
+	local pki=$STATE/pki
+	start kube-apiserver "$BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$ETCD_CLIENT" \
+		--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$PORT" \
+		--tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" --client-ca-file "$pki/ca.crt" \
+		--token-auth-file "$pki/tokens.csv" --authorization-mode RBAC \
+		--service-account-issuer https://kubernetes.default.svc --service-account-key-file "$pki/sa.pub" \
+		--service-account-signing-key-file "$pki/sa.key" --service-cluster-ip-range 10.96.0.0/16 \
+		--endpoint-reconciler-type none --profiling=false
+}
+
+apiserver_stop() {
+	local pid name rest
+	rest=$(mktemp)
+	while read -r pid name; do
+		if [ "$name" = kube-apiserver ]; then
+			kill "$pid" 2>/dev/null || true
+			for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+			say "stopped kube-apiserver"
+		else
+			echo "$pid $name" >>"$rest"
+		fi
+	done <"$STATE/pids"
+	mv "$rest" "$STATE/pids"
+}
+
+apiserver_start() {
+	apiserver
+	for _ in $(seq 120); do
+		"$BIN/kubectl" --kubeconfig "$STATE/kubeconfig" get --raw /readyz >/dev/null 2>&1 && { say "kube-apiserver ready"; return 0; }
+		sleep 0.5
+	done
+	die "kube-apiserver did not get ready"
+}
+
 up() {
 	build
 	if running; then
@@ -144,13 +180,7 @@ up() {
 		--listen-client-urls "http://127.0.0.1:$ETCD_CLIENT" --advertise-client-urls "http://127.0.0.1:$ETCD_CLIENT" \
 		--listen-peer-urls "http://127.0.0.1:$ETCD_PEER" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER" \
 		--initial-cluster "default=http://127.0.0.1:$ETCD_PEER"
-	start kube-apiserver "$BIN/kube-apiserver" --etcd-servers "http://127.0.0.1:$ETCD_CLIENT" \
-		--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$PORT" \
-		--tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" --client-ca-file "$pki/ca.crt" \
-		--token-auth-file "$pki/tokens.csv" --authorization-mode RBAC \
-		--service-account-issuer https://kubernetes.default.svc --service-account-key-file "$pki/sa.pub" \
-		--service-account-signing-key-file "$pki/sa.key" --service-cluster-ip-range 10.96.0.0/16 \
-		--endpoint-reconciler-type none --profiling=false
+	apiserver
 	local i
 	for i in $(seq 120); do
 		"$BIN/kubectl" --kubeconfig "$STATE/kubeconfig" get --raw /readyz >/dev/null 2>&1 && break
@@ -196,5 +226,7 @@ build) build ;;
 up) up ;;
 down) down ;;
 env) echo "KUBECONFIG=$STATE/kubeconfig" && echo "KUBECTL=$BIN/kubectl" ;;
-*) die "usage: $0 build|up|down|env" ;;
+apiserver-stop) apiserver_stop ;;
+apiserver-start) apiserver_start ;;
+*) die "usage: $0 build|up|down|env|apiserver-stop|apiserver-start" ;;
 esac

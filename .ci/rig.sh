@@ -8,6 +8,7 @@
 #   .ci/rig.sh runner    build the real gitlab-runner; prints its bin dir last
 #   .ci/rig.sh sshd      an sshd on 127.0.0.1:2222 for ssh:// docker hosts (key in $BERTH_RIG_DIR/ssh)
 #   .ci/rig.sh down      stop the engine and registry this script started
+#   .ci/rig.sh engine-restart | registry-stop   for the fault tests
 #
 # Everything runs in the background without systemd. State lives in
 # $BERTH_RIG_DIR (default /var/tmp/berth-rig), outside the clone.
@@ -192,6 +193,27 @@ CFG
 	die "sshd did not accept the rig's key on 127.0.0.1:2222"
 }
 
+# for the fault tests: the engine and the registry go away and come back
+engine_restart() {
+	local pid
+	pid=$(cat "$RIG/dockerd.pid" 2>/dev/null || pidof dockerd || true)
+	[ -n "$pid" ] || die "no dockerd to restart"
+	kill "$pid"
+	for _ in $(seq 150); do alive "$pid" || break; sleep 0.2; done
+	alive "$pid" && die "dockerd $pid did not stop"
+	rm -f /var/run/docker.pid "$RIG/dockerd.pid"
+	say "stopped dockerd $pid"
+	engine
+}
+
+registry_stop() {
+	[ -f "$RIG/registry.pid" ] || die "the registry was not started by this script"
+	kill "$(cat "$RIG/registry.pid")" 2>/dev/null || true
+	rm -f "$RIG/registry.pid"
+	for _ in $(seq 50); do curl -sf --max-time 1 http://127.0.0.1:5000/v2/ >/dev/null 2>&1 || break; sleep 0.1; done
+	say "stopped the registry"
+}
+
 down() {
 	local f
 	if [ -f "$RIG/ssh/sshd.pid" ]; then kill "$(cat "$RIG/ssh/sshd.pid")" 2>/dev/null || true; rm -f "$RIG/ssh/sshd.pid"; fi
@@ -207,5 +229,7 @@ down() {
 case "${1:-up}" in
 up) engine; registry; images; sshd ;;
 engine | registry | images | runner | sshd | down) "$1" ;;
-*) die "unknown command $1 (up|engine|registry|images|runner|sshd|down)" ;;
+engine-restart) engine_restart ;;
+registry-stop) registry_stop ;;
+*) die "unknown command $1 (up|engine|registry|images|runner|sshd|down|engine-restart|registry-stop)" ;;
 esac

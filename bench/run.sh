@@ -32,6 +32,7 @@ go test -run '^$' -bench 'TrivialJob|DeployJob' -benchtime 5x -count "$count" ./
 go test -run '^$' -bench 'Outage|Release|Rollback' -benchtime 5x -count "$count" ./bench | tee -a "$out"
 .ci/kube.sh up >/dev/null
 go test -run '^$' -bench 'KubeFailedRollout' -benchtime 3x -count 1 ./bench | tee -a "$out"
+go test -run '^$' -bench 'Fault' -benchtime 1x -count 3 ./bench | tee -a "$out"
 go run ./bench/report -title "Benchmarks" <"$out" >docs/BENCHMARKS.md
 echo "bench: wrote docs/BENCHMARKS.md"
 cat docs/BENCHMARKS.md

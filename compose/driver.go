@@ -45,6 +45,10 @@ type Driver struct {
 	// Reserved are the container names of berth's other environments,
 	// which the compose file must not take.
 	Reserved []string
+	// Pause is called before each step ("deploy:up"): the test rig's fault
+	// injection. nil does nothing.
+	Pause   func(ctx context.Context, step string)
+	records *stages.LedgerStore
 }
 
 var _ stages.Driver = (*Driver)(nil)
@@ -54,72 +58,176 @@ func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duratio
 	return stages.EngineLock(ctx, d.Engine, d.Out, d.Env, d.key(), h, timeout)
 }
 
+// store is the environment's ledger, read once.
+func (d *Driver) store() *stages.LedgerStore {
+	if d.records == nil {
+		d.records = &stages.LedgerStore{Engine: d.Engine, Env: d.Env, Key: d.key()}
+	}
+	return d.records
+}
+
 // key names the environment's lock and ledger after its compose project.
 func (d *Driver) key() string { return "compose-" + d.Spec.Project }
 
 // Owner is the project that owns the environment, from its ledger.
 func (d *Driver) Owner(ctx context.Context, claim string) (string, error) {
-	return stages.LedgerOwner(ctx, d.Engine, d.Env, d.key(), claim)
+	return d.store().Owner(ctx, claim)
 }
 
 // Deploy points the services at the release by digest and brings the
-// project up; when it does not come up, the previous digest goes back.
+// project up; when it does not come up, or the job is cancelled, the
+// previous digest goes back.
 func (d *Driver) Deploy(ctx context.Context, r stages.Release) error {
-	if err := stages.PullOnTarget(ctx, d.Engine, d.Creds, r.Image); err != nil {
+	if err := stages.PullOnTarget(ctx, d.Engine, d.Creds, d.Out, r.Image); err != nil {
 		return err
 	}
 	led, err := d.ledger(ctx)
 	if err != nil {
 		return err
 	}
-	return d.switchTo(ctx, led, stages.EntryOf(r, "", stages.ResultServing), stages.ResultReplaced, r.Tag)
-}
-
-// switchTo brings the project up at next, which replaces the serving
-// entry (recorded with result); on failure the serving entry goes back.
-// The ledger records either way.
-func (d *Driver) switchTo(ctx context.Context, led stages.Ledger, next stages.Entry, result, what string) error {
-	cur, hadCur := led.Serving()
-	t := time.Now()
-	fmt.Fprintf(d.Out, "berth: %s: compose up, project %s, on %s\n", d.Env, d.Spec.Project, orImage(next.Tag, next.Image))
-	res, err := d.Apply.Apply(ctx, d.request(next))
-	if err != nil {
+	if err := d.recoverSwitch(ctx, &led); err != nil {
 		return err
 	}
-	if res.Error == "" {
+	return d.switchTo(ctx, led, stages.EntryOf(r, "", stages.ResultServing), stages.ResultReplaced, r.Tag, "deploy")
+}
+
+// undoTimeout bounds putting the previous digest back.
+func (d *Driver) undoTimeout() time.Duration { return d.Spec.WaitTimeout.D() + time.Minute }
+
+// switchTo brings the project up at next, which replaces the serving
+// entry (recorded with result); on failure, or when the job is cancelled,
+// the serving entry goes back, on a bounded context of its own. The
+// journal in the ledger covers a berth killed meanwhile.
+func (d *Driver) switchTo(ctx context.Context, led stages.Ledger, next stages.Entry, result, what, kind string) error {
+	cur, hadCur := led.Serving()
+	t := time.Now()
+	if d.Pause != nil {
+		d.Pause(ctx, kind+":journal")
+	}
+	led.Switch = &stages.Switch{Kind: kind, Job: next.Job, Since: time.Now().UTC(), Entry: next, From: cur.Image}
+	if err := d.store().Write(ctx, led); err != nil {
+		return err
+	}
+	if d.Pause != nil {
+		d.Pause(ctx, kind+":up")
+	}
+	fmt.Fprintf(d.Out, "berth: %s: compose up, project %s, on %s\n", d.Env, d.Spec.Project, orImage(next.Tag, next.Image))
+	res, err := Result{}, ctx.Err()
+	if err == nil {
+		res, err = d.Apply.Apply(ctx, d.request(next))
+	}
+	if err == nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
+	if err == nil && res.Error == "" {
 		fmt.Fprintf(d.Out, "berth: %s: %s up and running in %s\n", d.Env, strings.Join(res.Services, ", "), time.Since(t).Round(time.Millisecond))
+		if d.Pause != nil {
+			d.Pause(ctx, kind+":record")
+		}
+		led.Switch = nil
 		led.Push(next, result)
 		d.trim(&led)
-		return stages.WriteLedger(ctx, d.Engine, led)
+		return d.store().Write(ctx, led)
 	}
-	if res.Class == ClassInvalid {
+	var failure string
+	cancelled := ctx.Err() != nil
+	switch {
+	case cancelled:
+		failure = fmt.Sprintf("the %s was cancelled", kind)
+		next.Result = stages.ResultInterrupted
+	case err != nil:
+		failure = err.Error()
+		next.Result = stages.ResultInterrupted
+	case res.Class == ClassInvalid:
+		led.Switch = nil
+		if werr := d.store().Write(ctx, led); werr != nil {
+			fmt.Fprintf(d.Out, "berth: warning: %v\n", werr)
+		}
 		return executor.Buildf("%s: %s\nNothing was changed: %s still runs what it ran.", d.Env, res.Error, d.Spec.Project)
+	default:
+		failure = res.Error
+		if res.Logs != "" {
+			failure += fmt.Sprintf("\nLast log lines of %s:\n%s", res.Failing, strings.TrimRight(res.Logs, "\n"))
+		}
+		next.Result = stages.ResultFailed
 	}
-	if res.Class != ClassBuild {
-		return res.Err()
-	}
-	failure := res.Error
-	if res.Logs != "" {
-		failure += fmt.Sprintf("\nLast log lines of %s:\n%s", res.Failing, strings.TrimRight(res.Logs, "\n"))
-	}
-	next.Result = stages.ResultFailed
 	led.Push(next, "")
 	d.trim(&led)
-	if werr := stages.WriteLedger(ctx, d.Engine, led); werr != nil {
-		fmt.Fprintf(d.Out, "berth: warning: %v\n", werr)
-	}
 	if !hadCur {
+		led.Switch = nil
+		if werr := d.store().Write(ctx, led); werr != nil {
+			fmt.Fprintf(d.Out, "berth: warning: %v\n", werr)
+		}
+		if err != nil && !cancelled {
+			return wrap(err, "%s: %s (%s): %s\nnothing ran before, so nothing serves now.", d.Env, d.Spec.Project, what, failure)
+		}
 		return executor.Buildf("%s: %s (%s) did not come up: %s\nnothing ran before, so nothing serves now.", d.Env, d.Spec.Project, what, failure)
 	}
 	fmt.Fprintf(d.Out, "berth: %s: %s did not come up; putting %s back\n", d.Env, what, cur.Image)
-	back, err := d.Apply.Apply(context.WithoutCancel(ctx), d.request(cur))
-	if err == nil {
-		err = back.Err()
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.undoTimeout())
+	defer cancel()
+	back, berr := d.Apply.Apply(uctx, d.request(cur))
+	if berr == nil {
+		berr = back.Err()
 	}
-	if err != nil {
-		return executor.Systemf("%s: %s did not come up (%s), and putting the previous digest back failed too: %v", d.Env, what, failure, err)
+	if berr != nil {
+		if werr := d.store().Write(uctx, led); werr != nil { // the journal stays for Recover
+			fmt.Fprintf(d.Out, "berth: warning: %v\n", werr)
+		}
+		return executor.Systemf("%s: %s did not come up (%s), and putting the previous digest back failed too: %v: the next deploy, berth rollback %s or this job's cleanup finishes it", d.Env, what, failure, berr, d.Env)
+	}
+	led.Switch = nil
+	if werr := d.store().Write(uctx, led); werr != nil {
+		fmt.Fprintf(d.Out, "berth: warning: %v\n", werr)
+	}
+	if err != nil && !cancelled {
+		return wrap(err, "%s: %s: %s\nThe previous digest (%s) serves again.", d.Env, what, failure, cur.Image)
 	}
 	return executor.Buildf("%s: %s did not come up: %s\nThe previous digest (%s) serves again.", d.Env, what, failure, cur.Image)
+}
+
+// Recover finishes a switch that job, killed, left half done (the previous
+// digest goes back up) and releases its lock.
+func (d *Driver) Recover(ctx context.Context, job int64) error {
+	return stages.RecoverLock(ctx, d.Engine, d.key(), job, func(ctx context.Context) error {
+		led, err := d.ledger(ctx)
+		if err != nil {
+			return err
+		}
+		return d.recoverSwitch(ctx, &led)
+	})
+}
+
+func (d *Driver) recoverSwitch(ctx context.Context, led *stages.Ledger) error {
+	sw := led.Switch
+	if sw == nil {
+		return nil
+	}
+	fmt.Fprintf(d.Out, "berth: %s: a %s of job %d, begun %s, did not finish: putting the previous digest back first\n", d.Env, sw.Kind, sw.Job, sw.Since.Format(time.RFC3339))
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.undoTimeout())
+	defer cancel()
+	if cur, ok := led.Serving(); ok {
+		res, err := d.Apply.Apply(uctx, d.request(cur))
+		if err == nil {
+			err = res.Err()
+		}
+		if err != nil {
+			return executor.Systemf("%s: put the previous digest (%s) back: %v", d.Env, cur.Image, err)
+		}
+	}
+	e := sw.Entry
+	e.Result = stages.ResultInterrupted
+	led.Push(e, "")
+	led.Switch = nil
+	return d.store().Write(uctx, *led)
+}
+
+// wrap formats an error keeping err's class.
+func wrap(err error, format string, args ...any) error {
+	if executor.ClassOf(err) == executor.BuildFailure {
+		return executor.Buildf(format, args...)
+	}
+	return executor.Systemf(format, args...)
 }
 
 // trim keeps the serving entry and Keep earlier ones.
@@ -140,7 +248,7 @@ func (d *Driver) request(e stages.Entry) Request {
 // ledger reads the environment's ledger; without one yet, it is made once
 // from the labels an earlier berth put on the project's containers.
 func (d *Driver) ledger(ctx context.Context) (stages.Ledger, error) {
-	l, ok, err := stages.ReadLedger(ctx, d.Engine, d.Env, d.key())
+	l, ok, err := d.store().Read(ctx)
 	if err != nil || ok {
 		return l, err
 	}
@@ -161,6 +269,9 @@ func (d *Driver) ledger(ctx context.Context) (stages.Ledger, error) {
 func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, error) {
 	led, err := d.ledger(ctx)
 	if err != nil {
+		return stages.Record{}, err
+	}
+	if err := d.recoverSwitch(ctx, &led); err != nil {
 		return stages.Record{}, err
 	}
 	cur, ok := led.Serving()
@@ -184,12 +295,12 @@ func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, er
 		}
 		return stages.Record{}, executor.Buildf("the history of %s holds no %s to roll back to (berth history %s lists it): deploy it instead", d.Env, what, d.Env)
 	}
-	if err := stages.PullOnTarget(ctx, d.Engine, d.Creds, target.Image); err != nil {
+	if err := stages.PullOnTarget(ctx, d.Engine, d.Creds, d.Out, target.Image); err != nil {
 		return stages.Record{}, err
 	}
 	back := *target
 	back.Result, back.Time = stages.ResultServing, time.Now().UTC()
-	if err := d.switchTo(ctx, led, back, stages.RolledBackBy(by), "rollback to "+orImage(back.Tag, back.Image)); err != nil {
+	if err := d.switchTo(ctx, led, back, stages.RolledBackBy(by), "rollback to "+orImage(back.Tag, back.Image), "rollback"); err != nil {
 		return stages.Record{}, err
 	}
 	return back.Record(), nil

@@ -6,8 +6,12 @@ package executor
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"strconv"
+	"strings"
+	"syscall"
 )
 
 // Class says whose fault a failure is, which decides the exit code.
@@ -109,4 +113,43 @@ func TruncateBuildExitCode(path string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// IsOutage says whether err is a peer that could not be reached or did
+// not answer (a registry, an engine, an ssh target, an API server that is
+// down or restarting), as opposed to one that answered no. An outage is
+// the host's fault, and a retry may help.
+func IsOutage(err error) bool {
+	if err == nil {
+		return false
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return true
+	}
+	for _, errno := range []syscall.Errno{syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.EPIPE, syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.ETIMEDOUT} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	s := strings.ToLower(err.Error())
+	for _, hint := range []string{
+		"connection refused", "connection reset", "no such host", "i/o timeout", "tls handshake timeout",
+		"cannot connect to the docker daemon", "is the docker daemon running", "eof", "broken pipe",
+		"server misbehaving", "503 service unavailable", "502 bad gateway", "504 gateway timeout",
+		"status code 502", "status code 503", "status code 504", "ssh: connect to host", "connection closed by remote host",
+		"the server is currently unable to handle the request", "context deadline exceeded",
+	} {
+		if strings.Contains(s, hint) {
+			return true
+		}
+	}
+	return false
 }

@@ -40,8 +40,9 @@ func HelperName(j *Job) string { return ContainerName(j) + "-helper" }
 const helperSetup = `if ! command -v gitlab-runner >/dev/null 2>&1 && command -v gitlab-runner-helper >/dev/null 2>&1; then ` +
 	`mkdir -p ` + helperBinDir + ` && ln -sf "$(command -v gitlab-runner-helper)" ` + helperBinDir + `/gitlab-runner; fi; exec sh`
 
-// startHelper runs the job's helper container.
-func (e *Executor) startHelper(ctx context.Context) error {
+// createHelper makes the job's helper container, on network (a network
+// name, or container:ID to share the job container's).
+func (e *Executor) createHelper(ctx context.Context, network string) (string, error) {
 	img := e.Settings.Job.HelperImage
 	path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 	if ins, err := e.Engine.ImageInspect(ctx, img); err == nil && ins.Config != nil {
@@ -83,17 +84,19 @@ func (e *Executor) startHelper(ctx context.Context) error {
 		init := true
 		host.Init = &init // tini reaps what the stages leave behind
 	}
-	host.NetworkMode = container.NetworkMode(NetworkName(e.Job))
-	if n := e.Settings.Job.HelperNetwork; n != "" {
-		host.NetworkMode = container.NetworkMode(n)
-	}
+	host.NetworkMode = container.NetworkMode(network)
 	name := HelperName(e.Job)
 	resp, err := e.Engine.ContainerCreate(ctx, cfg, host, nil, nil, name)
 	if err != nil {
-		return Systemf("create the helper container %s from %s: %s (check job.helper_image in berth.toml)", name, img, e.redactErr(err))
+		return "", Systemf("create the helper container %s from %s: %s (check job.helper_image in berth.toml)", name, img, e.redactErr(err))
 	}
-	if err := e.Engine.ContainerStart(ctx, resp.ID, container.StartOptions{}); err != nil {
-		return Systemf("start the helper container from %s: %s: job.helper_image needs sh, bash and git", img, e.redactErr(err))
+	return resp.ID, nil
+}
+
+// startHelper starts the helper container.
+func (e *Executor) startHelper(ctx context.Context, id string) error {
+	if err := e.Engine.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
+		return Systemf("start the helper container from %s: %s: job.helper_image needs sh, bash and git", e.Settings.Job.HelperImage, e.redactErr(err))
 	}
 	return nil
 }

@@ -68,7 +68,11 @@ func (e *Executor) Prepare(ctx context.Context) error {
 	}
 	if !needsContainer {
 		t = e.Now()
-		if err := e.startHelper(ctx); err != nil {
+		id, err := e.createHelper(ctx, NetworkName(e.Job))
+		if err == nil {
+			err = e.startHelper(ctx, id)
+		}
+		if err != nil {
 			return err
 		}
 		e.stepf("berth: native stage without after_script: no job container needed; helper started (%s)", since(t))
@@ -86,15 +90,27 @@ func (e *Executor) Prepare(ctx context.Context) error {
 	}
 	svcTook := since(t)
 
-	// the job container and its helper start side by side
+	// The helper joins the job container's network namespace, as a pod's
+	// containers do: a network endpoint of its own would cost more than the
+	// container. What the job could see of the helper's traffic is TLS to
+	// GitLab with tokens the job holds itself (docs/security.md).
 	t = e.Now()
-	helperErr := make(chan error, 1)
-	go func() { helperErr <- e.startHelper(ctx) }()
-	err := e.startJobContainer(ctx, img)
-	if herr := <-helperErr; err == nil {
-		err = herr
-	}
+	jobID, err := e.createJobContainer(ctx, img)
 	if err != nil {
+		return err
+	}
+	net := "container:" + jobID
+	if e.Settings.Job.HelperNetwork != "" {
+		net = e.Settings.Job.HelperNetwork
+	}
+	helperID, err := e.createHelper(ctx, net)
+	if err != nil {
+		return err
+	}
+	if err := e.startJobContainer(ctx, jobID, img); err != nil {
+		return err
+	}
+	if err := e.startHelper(ctx, helperID); err != nil {
 		return err
 	}
 	e.stepf("berth: container %s and its helper started (%s)", ContainerName(e.Job), since(t))
@@ -210,10 +226,11 @@ func ServiceAliases(svc api.Image) []string {
 	return out
 }
 
-// startJobContainer runs the long-lived container that the job's own stages
-// are executed in. Its main process is a shell that waits on an open stdin,
-// so it lives until cleanup, and stopping a script never stops it.
-func (e *Executor) startJobContainer(ctx context.Context, img string) error {
+// createJobContainer makes the long-lived container that the job's own
+// stages are executed in. Its main process is a shell that waits on an
+// open stdin, so it lives until cleanup, and stopping a script never stops
+// it.
+func (e *Executor) createJobContainer(ctx context.Context, img string) (string, error) {
 	dir := JobDir(e.Settings, e.Job)
 	cfg := &container.Config{
 		Image:      img,
@@ -238,8 +255,15 @@ func (e *Executor) startJobContainer(ctx context.Context, img string) error {
 	name := ContainerName(e.Job)
 	resp, err := e.Engine.ContainerCreate(ctx, cfg, host, nil, nil, name)
 	if err != nil {
-		return Systemf("create job container %s: %s", name, e.redactErr(err))
+		return "", Systemf("create job container %s: %s", name, e.redactErr(err))
 	}
+	return resp.ID, nil
+}
+
+// startJobContainer starts it, and checks that its shell keeps running.
+func (e *Executor) startJobContainer(ctx context.Context, id, img string) error {
+	name := ContainerName(e.Job)
+	resp := container.CreateResponse{ID: id}
 	if err := e.Engine.ContainerStart(ctx, resp.ID, container.StartOptions{}); err != nil {
 		return Buildf("start job container from %s: %s: the image needs a shell (sh) at its PATH", img, e.redactErr(err))
 	}

@@ -30,6 +30,7 @@ const (
 	OpRollback = "rollback"
 	OpHistory  = "history"
 	OpOwner    = "owner"
+	OpRecover  = "recover"
 )
 
 // Login is a registry login, for the image pull secret.
@@ -85,6 +86,9 @@ type Driver struct {
 	// revokes when the job ends.
 	Login func(image string) *Login
 	Out   io.Writer
+	// holder is the job that took the lock, which the helper renews while
+	// it deploys or rolls back.
+	holder stages.Holder
 }
 
 var _ stages.Driver = (*Driver)(nil)
@@ -103,6 +107,7 @@ func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duratio
 	if _, err := d.run(ctx, Request{Op: OpLock, Holder: h, LockTimeout: timeout}); err != nil {
 		return nil, err
 	}
+	d.holder = h
 	return func() {
 		_, _ = d.run(context.WithoutCancel(ctx), Request{Op: OpUnlock, Holder: h})
 	}, nil
@@ -111,7 +116,7 @@ func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duratio
 // Deploy sets the image by digest and waits for the rollout; a rollout that
 // cannot succeed is undone.
 func (d *Driver) Deploy(ctx context.Context, r stages.Release) error {
-	req := Request{Op: OpDeploy, Release: r}
+	req := Request{Op: OpDeploy, Release: r, Holder: d.holder}
 	if d.Login != nil && d.Spec.PullSecret != "" {
 		req.Login = d.Login(r.Image)
 	}
@@ -122,7 +127,7 @@ func (d *Driver) Deploy(ctx context.Context, r stages.Release) error {
 // Rollback goes back to the previous revision, or to the one (or the
 // digest) to names.
 func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, error) {
-	res, err := d.run(ctx, Request{Op: OpRollback, To: to, By: by})
+	res, err := d.run(ctx, Request{Op: OpRollback, To: to, By: by, Holder: d.holder})
 	return res.Record, err
 }
 
@@ -137,4 +142,11 @@ func (d *Driver) History(ctx context.Context) ([]stages.Record, error) {
 func (d *Driver) Owner(ctx context.Context, claim string) (string, error) {
 	res, err := d.run(ctx, Request{Op: OpOwner, Claim: claim})
 	return res.Owner, err
+}
+
+// Recover finishes a rollout that job, killed, left (one that cannot
+// succeed is undone) and releases its Lease.
+func (d *Driver) Recover(ctx context.Context, job int64) error {
+	_, err := d.run(ctx, Request{Op: OpRecover, Holder: stages.Holder{Job: job}})
+	return err
 }

@@ -72,6 +72,18 @@ type ContainerDriver struct {
 	// image (anchor.go). Without it, or on a target that cannot run it, the
 	// container publishes its ports itself.
 	AnchorBinary string
+	// Pause is called before each step of a switch ("deploy:stop-old"): the
+	// test rig's fault injection. nil does nothing.
+	Pause   func(ctx context.Context, step string)
+	records *LedgerStore
+}
+
+// store is the environment's ledger, read once.
+func (d *ContainerDriver) store() *LedgerStore {
+	if d.records == nil {
+		d.records = &LedgerStore{Engine: d.Engine, Env: d.Env, Key: d.Spec.Name}
+	}
+	return d.records
 }
 
 var _ Driver = (*ContainerDriver)(nil)
@@ -83,149 +95,7 @@ func (d *ContainerDriver) Lock(ctx context.Context, h Holder, timeout time.Durat
 
 // Owner is the project that owns the environment, from its ledger.
 func (d *ContainerDriver) Owner(ctx context.Context, claim string) (string, error) {
-	return LedgerOwner(ctx, d.Engine, d.Env, d.Spec.Name, claim)
-}
-
-// Deploy: pull by digest, create the new container while the old one still
-// serves, stop the old one, start the new one, wait for health. On failure
-// the new one is stopped and kept as failed, and everything the switch
-// changed is put back: the old one serves again.
-func (d *ContainerDriver) Deploy(ctx context.Context, r Release) error {
-	if err := PullOnTarget(ctx, d.Engine, d.Creds, r.Image); err != nil {
-		return err
-	}
-	name := d.Spec.Name
-	old, hasOld, err := d.inspect(ctx, name)
-	if err != nil {
-		return err
-	}
-	led, err := d.ledger(ctx)
-	if err != nil {
-		return err
-	}
-	if hasOld {
-		if _, known := led.Find(old.ID); !known { // started by hand, or the ledger was lost
-			led.Push(adoptedEntry(old), ResultReplaced)
-		}
-	}
-	anchorRef, why, err := d.anchorImage(ctx)
-	if err != nil {
-		return err
-	}
-	if why != "" {
-		fmt.Fprintf(d.Out, "berth: %s publishes its ports itself (%s): a switch costs about a second of outage\n", name, why)
-	}
-	rc, err := d.render(r, old, hasOld, anchorRef != "")
-	if err != nil {
-		return err
-	}
-	anc, hasAnc, err := d.inspect(ctx, AnchorName(name))
-	if err != nil {
-		return err
-	}
-	// The anchor is made again when the ports or networks changed, and
-	// retired when the ports move onto the container. A new one is created
-	// now, beside the old, and started once the old one let go of the ports.
-	moving := hasAnc && (anchorRef == "" || anc.Config.Labels[labelAnchorLayout] != rc.layout)
-	var newAnchor string
-	if anchorRef != "" {
-		var anchorID string
-		if hasAnc {
-			anchorID = anc.ID
-		}
-		if !hasAnc || moving {
-			if newAnchor, err = d.createAnchor(ctx, anchorRef, rc, r.Job); err != nil {
-				return err
-			}
-			anchorID = newAnchor
-		}
-		// by id: the engine resolves a name once, at create
-		rc.host.NetworkMode = container.NetworkMode("container:" + anchorID)
-	}
-
-	// undo puts back, in reverse, what the switch changed so far
-	var undo []func(context.Context)
-	var created container.CreateResponse
-	fail := func(err error, keepNew bool) error {
-		ctx := context.WithoutCancel(ctx)
-		switch {
-		case created.ID == "":
-		case keepNew:
-			_ = d.stop(ctx, created.ID)
-			_ = d.Engine.ContainerRename(ctx, created.ID, keptName(name, created.ID, "failed"))
-		default:
-			_ = d.Engine.ContainerRemove(ctx, created.ID, container.RemoveOptions{Force: true})
-		}
-		if newAnchor != "" {
-			_ = d.Engine.ContainerRemove(ctx, newAnchor, container.RemoveOptions{Force: true})
-		}
-		for i := len(undo) - 1; i >= 0; i-- {
-			undo[i](ctx)
-		}
-		return err
-	}
-
-	tmp := fmt.Sprintf("%s-new-%d", name, r.Job)
-	_ = d.Engine.ContainerRemove(ctx, tmp, container.RemoveOptions{Force: true}) // a crashed attempt's leftover
-	if created, err = d.Engine.ContainerCreate(ctx, rc.cfg, rc.host, rc.net, nil, tmp); err != nil {
-		return fail(executor.Buildf("create the new %s container: %v: check [environments.%s.container] in berth.toml", name, err, d.Env), false)
-	}
-	if hasOld {
-		if old.State.Running {
-			if err := d.stop(ctx, old.ID); err != nil {
-				return fail(err, false)
-			}
-			undo = append(undo, func(ctx context.Context) { d.startAgain(ctx, old.ID, "the previous "+name) })
-		}
-		if err := d.Engine.ContainerRename(ctx, old.ID, keptName(name, old.ID, "")); err != nil {
-			return fail(executor.Systemf("rename the old %s container: %w", name, err), false)
-		}
-		undo = append(undo, func(ctx context.Context) { d.renameBack(ctx, old.ID, name) })
-	}
-	retired := AnchorName(name) + "-old"
-	if moving {
-		_ = d.Engine.ContainerRemove(ctx, retired, container.RemoveOptions{Force: true})
-		if anc.State.Running {
-			if err := d.stop(ctx, anc.ID); err != nil {
-				return fail(err, false)
-			}
-			undo = append(undo, func(ctx context.Context) { d.startAgain(ctx, anc.ID, "") })
-		}
-		if err := d.Engine.ContainerRename(ctx, anc.ID, retired); err != nil {
-			return fail(executor.Systemf("rename the old anchor %s: %w", AnchorName(name), err), false)
-		}
-		undo = append(undo, func(ctx context.Context) { d.renameBack(ctx, anc.ID, AnchorName(name)) })
-	}
-	if err := d.startAnchor(ctx, newAnchor, anc, hasAnc && !moving); err != nil {
-		return fail(err, false)
-	}
-	if err := d.Engine.ContainerRename(ctx, created.ID, name); err != nil {
-		return fail(executor.Systemf("rename the new container to %s: %w", name, err), false)
-	}
-	t := time.Now()
-	herr := d.Engine.ContainerStart(ctx, created.ID, container.StartOptions{})
-	if herr == nil {
-		herr = d.waitHealthy(ctx, created.ID)
-	}
-	if herr != nil {
-		logs := d.lastLogs(ctx, created.ID, 10)
-		back := "nothing ran before, so nothing serves now"
-		if hasOld {
-			back = "the previous container serves again"
-		}
-		err := fail(executor.Buildf("the new %s (%s) did not become healthy: %v; %s.%s", name, r.Tag, herr, back, logs), true)
-		led.Push(EntryOf(r, created.ID, ResultFailed), "")
-		if werr := WriteLedger(ctx, d.Engine, led); werr != nil {
-			fmt.Fprintf(d.Out, "berth: warning: %v\n", werr)
-		}
-		return err
-	}
-	fmt.Fprintf(d.Out, "berth: %s serves %s (healthy after %s)\n", name, r.Image, time.Since(t).Round(time.Millisecond))
-	if moving {
-		_ = d.Engine.ContainerRemove(ctx, retired, container.RemoveOptions{Force: true})
-	}
-	led.Push(EntryOf(r, created.ID, ResultServing), ResultReplaced)
-	return d.prune(ctx, led)
+	return d.store().Owner(ctx, claim)
 }
 
 // createAnchor creates, under a name of this deploy, the anchor that the
@@ -259,27 +129,6 @@ func (d *ContainerDriver) startAnchor(ctx context.Context, newAnchor string, anc
 		}
 	}
 	return nil
-}
-
-// startAgain starts a container that the switch stopped; the job ends only
-// when the service is back. what names it in warnings ("" waits for nothing).
-func (d *ContainerDriver) startAgain(ctx context.Context, id, what string) {
-	if err := d.Engine.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
-		fmt.Fprintf(d.Out, "berth: warning: restart %s: %v\n", orName(what, id), err)
-		return
-	}
-	if what == "" {
-		return
-	}
-	if err := d.waitHealthy(ctx, id); err != nil {
-		fmt.Fprintf(d.Out, "berth: warning: %s is not healthy either: %v\n", what, err)
-	}
-}
-
-func (d *ContainerDriver) renameBack(ctx context.Context, id, name string) {
-	if err := d.Engine.ContainerRename(ctx, id, name); err != nil {
-		fmt.Fprintf(d.Out, "berth: warning: rename %s back to %s: %v\n", id[:12], name, err)
-	}
 }
 
 func orName(what, id string) string {
@@ -325,8 +174,10 @@ type Puller interface {
 }
 
 // PullOnTarget makes ref present on a target engine, with the registry
-// credentials berth found for it.
-func PullOnTarget(ctx context.Context, eng Puller, creds *Credentials, ref string) error {
+// credentials berth found for it; an outage is retried with backoff, each
+// attempt in out. A release berth resolved that cannot be pulled is the
+// host's fault.
+func PullOnTarget(ctx context.Context, eng Puller, creds *Credentials, out io.Writer, ref string) error {
 	if _, err := eng.ImageInspect(ctx, ref); err == nil {
 		return nil
 	}
@@ -334,14 +185,33 @@ func PullOnTarget(ctx context.Context, eng Puller, creds *Credentials, ref strin
 	if err != nil {
 		return err
 	}
-	rc, err := eng.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: auth})
-	if err == nil {
-		err = drain(rc)
-	}
+	err = withRetries(ctx, pullRetries, time.Sleep, out, "pull on the target failed", func() error {
+		rc, err := eng.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: auth})
+		if err == nil {
+			err = drain(rc)
+		}
+		if err != nil && !executor.IsOutage(err) {
+			return permanent{err}
+		}
+		return err
+	})
 	if err != nil {
-		return executor.Buildf("pull %s on the target: %v", ref, err)
+		return executor.Systemf("pull %s on the target: %v", ref, unwrapPermanent(err))
 	}
 	return nil
+}
+
+// pullRetries are the retries of a pull on a target after an outage.
+const pullRetries = 3
+
+// permanent marks an error that a retry does not fix.
+type permanent struct{ error }
+
+func unwrapPermanent(err error) error {
+	if p, ok := err.(permanent); ok {
+		return p.error
+	}
+	return err
 }
 
 // drain reads a progress stream to its end and returns its error message.
@@ -476,11 +346,12 @@ func readEnvFile(path string) ([]string, error) {
 	return env, sc.Err()
 }
 
-// waitHealthy waits for the health URL to answer 2xx, or the health command
-// to exit 0; without either, for the container to stay up a moment.
-func (d *ContainerDriver) waitHealthy(ctx context.Context, id string) error {
+// waitHealthy waits, up to timeout, for the health URL to answer 2xx, or
+// the health command to exit 0; without either, for the container to stay
+// up a moment.
+func (d *ContainerDriver) waitHealthy(ctx context.Context, id string, timeout time.Duration) error {
 	s := d.Spec
-	deadline := time.Now().Add(s.HealthTimeout.D())
+	deadline := time.Now().Add(timeout)
 	var last error
 	for {
 		ins, err := d.Engine.ContainerInspect(ctx, id)
@@ -496,7 +367,7 @@ func (d *ContainerDriver) waitHealthy(ctx context.Context, id string) error {
 		case len(s.HealthCmd) > 0:
 			last = d.execHealthy(ctx, id)
 		default:
-			if time.Until(deadline) < s.HealthTimeout.D()-time.Second {
+			if time.Until(deadline) < timeout-time.Second || timeout < time.Second {
 				return nil // up for a second, no check configured
 			}
 			last = fmt.Errorf("still starting")
@@ -505,7 +376,7 @@ func (d *ContainerDriver) waitHealthy(ctx context.Context, id string) error {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("health check failed for %s: %v", s.HealthTimeout.D(), last)
+			return fmt.Errorf("health check failed for %s: %v", timeout, last)
 		}
 		select {
 		case <-ctx.Done():
@@ -574,7 +445,7 @@ func (d *ContainerDriver) lastLogs(ctx context.Context, id string, n int) string
 // environment's labels: trusted this once, when berth takes over its own
 // earlier deployments.
 func (d *ContainerDriver) ledger(ctx context.Context) (Ledger, error) {
-	l, ok, err := ReadLedger(ctx, d.Engine, d.Env, d.Spec.Name)
+	l, ok, err := d.store().Read(ctx)
 	if err != nil || ok {
 		return l, err
 	}
@@ -672,7 +543,7 @@ func (d *ContainerDriver) prune(ctx context.Context, l Ledger) error {
 		gone[c.ID] = true
 	}
 	l.Entries = slices.DeleteFunc(l.Entries, func(e Entry) bool { return gone[e.ID] })
-	return WriteLedger(ctx, d.Engine, l)
+	return d.store().Write(ctx, l)
 }
 
 func containerName(c container.Summary) string {
@@ -680,94 +551,6 @@ func containerName(c container.Summary) string {
 		return c.ID[:12]
 	}
 	return strings.TrimPrefix(c.Names[0], "/")
-}
-
-// Rollback stops the serving container and starts a kept one of the
-// ledger: the newest one that did not fail, or the one whose tag or digest
-// is to.
-func (d *ContainerDriver) Rollback(ctx context.Context, to, by string) (Record, error) {
-	led, err := d.ledger(ctx)
-	if err != nil {
-		return Record{}, err
-	}
-	kept, entries, err := d.kept(ctx, led)
-	if err != nil {
-		return Record{}, err
-	}
-	var target *container.Summary
-	var entry Entry
-	for i, e := range entries {
-		if e.Result == ResultFailed {
-			continue
-		}
-		if to == "" || e.Tag == to || e.Digest == to || strings.HasSuffix(e.Image, "@"+to) {
-			target, entry = &kept[i], e
-			break
-		}
-	}
-	if target == nil {
-		what := "a previous version"
-		if to != "" {
-			what = to
-		}
-		return Record{}, executor.Buildf("no kept container of %s holds %s (berth history %s lists them): deploy it instead", d.Env, what, d.Env)
-	}
-	cur, hasCur, err := d.inspect(ctx, d.Spec.Name)
-	if err != nil {
-		return Record{}, err
-	}
-	if hasCur {
-		if _, known := led.Find(cur.ID); !known {
-			led.Push(adoptedEntry(cur), ResultReplaced)
-		}
-		if err := d.stop(ctx, cur.ID); err != nil {
-			return Record{}, err
-		}
-		if err := d.Engine.ContainerRename(ctx, cur.ID, keptName(d.Spec.Name, cur.ID, "rb-"+sanitize(by))); err != nil {
-			_ = d.Engine.ContainerStart(ctx, cur.ID, container.StartOptions{})
-			return Record{}, executor.Systemf("rename %s: %w", d.Spec.Name, err)
-		}
-	}
-	rollbackFailed := func(err error) (Record, error) {
-		if hasCur {
-			_ = d.stop(ctx, target.ID)
-			_ = d.Engine.ContainerRename(ctx, target.ID, containerName(*target))
-			_ = d.Engine.ContainerRename(ctx, cur.ID, d.Spec.Name)
-			_ = d.Engine.ContainerStart(ctx, cur.ID, container.StartOptions{})
-		}
-		return Record{}, executor.Buildf("roll %s back to %s: %v; the current version serves again", d.Env, containerName(*target), err)
-	}
-	if container.NetworkMode(target.HostConfig.NetworkMode).IsContainer() {
-		oldID := target.ID
-		if err := d.joinAnchor(ctx, target); err != nil {
-			return rollbackFailed(err)
-		}
-		if e, ok := led.Find(oldID); ok {
-			e.ID = target.ID // remade in the current anchor
-		}
-	}
-	if err := d.Engine.ContainerRename(ctx, target.ID, d.Spec.Name); err != nil {
-		return rollbackFailed(err)
-	}
-	if err := d.Engine.ContainerStart(ctx, target.ID, container.StartOptions{}); err != nil {
-		return rollbackFailed(err)
-	}
-	if err := d.waitHealthy(ctx, target.ID); err != nil {
-		return rollbackFailed(err)
-	}
-	for i := range led.Entries {
-		switch e := &led.Entries[i]; {
-		case e.Result == ResultServing:
-			e.Result = RolledBackBy(by)
-		case e.ID == target.ID:
-			e.Result = ResultServing
-		}
-	}
-	if err := WriteLedger(ctx, d.Engine, led); err != nil {
-		return Record{}, err
-	}
-	entry.ID, entry.Result = d.Spec.Name, ResultServing
-	return entry.Record(), nil
 }
 
 // joinAnchor makes a kept container ready to start in the anchor: the
@@ -810,6 +593,11 @@ func (d *ContainerDriver) joinAnchor(ctx context.Context, target *container.Summ
 	}
 	target.ID = made.ID
 	return nil
+}
+
+// hasDigestSuffix says whether image is pinned to digest.
+func hasDigestSuffix(image, digest string) bool {
+	return digest != "" && strings.HasSuffix(image, "@"+digest)
 }
 
 // sanitize makes a user name fit a container name.

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -353,6 +355,7 @@ func TestLedgerTakesOverLabelledContainers(t *testing.T) {
 	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "one", true)))
 	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "two", true)))
 	require.NoError(t, c.ContainerRemove(ctx, LedgerName(d.Spec.Name), container.RemoveOptions{Force: true}))
+	d.records = nil // as a new berth process would
 	hist, err := d.History(ctx)
 	require.NoError(t, err)
 	require.Len(t, hist, 2)
@@ -432,4 +435,111 @@ func TestAnchorNeedsAStaticBinary(t *testing.T) {
 		require.NoError(t, err)
 		assert.Contains(t, why, tc.why, tc.path)
 	}
+}
+
+// A switch killed at a step (its goroutine ends there, as a SIGKILL ends
+// berth: no undo runs) is put right by the next deploy: the journal in the
+// ledger says what served.
+func TestNextDeployFinishesAKilledSwitch(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("web")
+	d, out := testDriver(t, c, 16013)
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "one", true)))
+	for _, step := range []string{"stop-old", "rename-old", "rename-new", "start-new"} {
+		t.Run(step, func(t *testing.T) {
+			killed := make(chan struct{})
+			killer := *d
+			killer.Pause = func(ctx context.Context, s string) {
+				if s == "deploy:"+step {
+					close(killed)
+					runtime.Goexit()
+				}
+			}
+			rel := appImage(t, c, repo, "latest", "killed-at-"+step, true)
+			go func() { _ = killer.Deploy(ctx, rel) }()
+			<-killed
+			require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "after-"+step, true)))
+			assert.Equal(t, "app after-"+step, get(t, "http://127.0.0.1:16013/"))
+			assert.Contains(t, out.String(), "did not finish: putting it right first")
+			led, err := d.ledger(ctx)
+			require.NoError(t, err)
+			assert.Nil(t, led.Switch)
+			hist, err := d.History(ctx)
+			require.NoError(t, err)
+			assert.Contains(t, fmt.Sprint(hist), "interrupted, previous restored")
+		})
+	}
+}
+
+// A cancelled deploy and a cancelled rollback undo on a context of their
+// own: the version that served before serves again, and the ledger has no
+// unfinished switch.
+func TestCancelledSwitchesAreUndone(t *testing.T) {
+	c := realEngine(t)
+	repo := testRegistry + "/berth-test/" + unique("web")
+	d, _ := testDriver(t, c, 16014)
+	require.NoError(t, d.Deploy(context.Background(), appImage(t, c, repo, "latest", "one", true)))
+	require.NoError(t, d.Deploy(context.Background(), appImage(t, c, repo, "latest", "two", true)))
+	for _, step := range []string{"deploy:stop-old", "deploy:start-new", "rollback:stop-current", "rollback:start-target"} {
+		ctx, cancel := context.WithCancel(context.Background())
+		d.Pause = func(_ context.Context, s string) {
+			if s == step {
+				cancel()
+			}
+		}
+		var err error
+		if strings.HasPrefix(step, "deploy") {
+			err = d.Deploy(ctx, appImage(t, c, repo, "latest", "three", true))
+		} else {
+			_, err = d.Rollback(ctx, "", "alice")
+		}
+		require.Error(t, err, step)
+		assert.Contains(t, err.Error(), "cancelled", step)
+		assert.Equal(t, "app two", get(t, "http://127.0.0.1:16014/"), step)
+		led, lerr := d.ledger(context.Background())
+		require.NoError(t, lerr)
+		assert.Nil(t, led.Switch, step)
+	}
+}
+
+// N deploys wait on a lock whose holder is gone; they take it over one at
+// a time, never two at once, round after round.
+func TestConcurrentDeploysOnAStaleLock(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	d, out := testDriver(t, c, 16015)
+	const rounds, n = 5, 4
+	for round := 0; round < rounds; round++ {
+		// a lock whose job is over: a crashed runner's
+		_, err := d.Lock(ctx, Holder{Job: 1, Pipeline: 1, By: "crashed", Deadline: time.Now().Add(-time.Second)}, time.Second)
+		require.NoError(t, err)
+		var mu sync.Mutex
+		var spans [][2]time.Time
+		var wg sync.WaitGroup
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				unlock, err := d.Lock(ctx, Holder{Job: int64(100 + i), Pipeline: 2, By: "t", Deadline: time.Now().Add(time.Hour)}, time.Minute)
+				if !assert.NoError(t, err) {
+					return
+				}
+				t0 := time.Now()
+				time.Sleep(100 * time.Millisecond) // the deploy
+				t1 := time.Now()
+				unlock()
+				mu.Lock()
+				spans = append(spans, [2]time.Time{t0, t1})
+				mu.Unlock()
+			}(i)
+		}
+		wg.Wait()
+		require.Len(t, spans, n)
+		sort.Slice(spans, func(i, k int) bool { return spans[i][0].Before(spans[k][0]) })
+		for i := 1; i < n; i++ {
+			assert.False(t, spans[i][0].Before(spans[i-1][1]), "round %d: two held the lock at once", round)
+		}
+	}
+	assert.Equal(t, rounds, strings.Count(out.String(), "taking over the lock"), "each stale lock taken over once")
 }

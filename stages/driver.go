@@ -2,6 +2,9 @@ package stages
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"strings"
 	"time"
 )
 
@@ -17,6 +20,7 @@ type Release struct {
 	Job      int64
 	By       string // who started it
 	Project  string // the project that deployed it (job_info)
+	Flow     string // the flow that sent it there, for "no deploy goes backwards"
 }
 
 // Record is one line of an environment's history.
@@ -29,6 +33,7 @@ type Record struct {
 	By       string
 	Result   string // serving, replaced, failed, rolled back by X, adopted
 	ID       string // driver-specific: container name, revision
+	Flow     string
 }
 
 // Holder is who holds an environment's deploy lock.
@@ -36,6 +41,43 @@ type Holder struct {
 	Job, Pipeline int64
 	By            string
 	Deadline      time.Time
+	// Host (the boot id of the machine) and PID are the berth process
+	// that holds it: a waiter on the same host knows at once when that
+	// process is gone.
+	Host string `json:",omitempty"`
+	PID  int    `json:",omitempty"`
+}
+
+// ThisProcess fills in the holder's host and pid.
+func (h Holder) ThisProcess() Holder {
+	h.Host, h.PID = BootID(), os.Getpid()
+	return h
+}
+
+// BootID names this boot of this machine.
+func BootID() string {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// ProcessGone says whether pid on this host has ended (or is a zombie).
+func ProcessGone(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// "pid (comm) S ...": the state follows the last parenthesis
+	s := string(stat)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] == 'Z' || s[i+2] == 'X'
+	}
+	return false
 }
 
 // Driver is the one interface every environment driver implements; the
@@ -54,4 +96,9 @@ type Driver interface {
 	// Owner is the project that owns the environment, as recorded at the
 	// target; when none does yet and claim is set, claim is recorded.
 	Owner(ctx context.Context, claim string) (string, error)
+	// Recover finishes what a berth killed mid-switch left: if job holds
+	// the environment's lock, its switch is put right and the lock
+	// released. Deploy and Rollback do the same for any job's leftovers
+	// before they start.
+	Recover(ctx context.Context, job int64) error
 }

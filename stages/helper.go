@@ -61,7 +61,8 @@ func RunHelper(ctx context.Context, path string, req, res any, log io.Writer) er
 func HelperEnv(environ []string) []string {
 	keep := map[string]bool{"PATH": true, "HOME": true, "USER": true, "TMPDIR": true, "SSH_AUTH_SOCK": true,
 		"DOCKER_HOST": true, "DOCKER_CONFIG": true, "DOCKER_CERT_PATH": true, "DOCKER_TLS_VERIFY": true, "DOCKER_API_VERSION": true,
-		"KUBECONFIG": true, "KUBERNETES_SERVICE_HOST": true, "KUBERNETES_SERVICE_PORT": true}
+		"KUBECONFIG": true, "KUBERNETES_SERVICE_HOST": true, "KUBERNETES_SERVICE_PORT": true,
+		PauseAtEnv: true, PauseFileEnv: true}
 	var out []string
 	for _, kv := range environ {
 		if k, _, _ := strings.Cut(kv, "="); keep[k] {

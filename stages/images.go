@@ -187,7 +187,7 @@ func (im *Images) Push(ctx context.Context, ref string) (string, error) {
 	if last == nil {
 		return digest, nil
 	}
-	return "", executor.Buildf("push %s failed (credentials: %s): %v: check that the registry is up and the credentials may push there", ref, source, last)
+	return "", registryFault(last, "push %s failed (credentials: %s): %v: check that the registry is up and the credentials may push there", ref, source, last)
 }
 
 func (im *Images) pushOnce(ctx context.Context, ref, auth string) (string, error) {
@@ -236,8 +236,22 @@ func withRetries(ctx context.Context, retries int, sleep func(time.Duration), ou
 	return err
 }
 
+// registryFault classes a registry error: an outage or refused
+// credentials are the host's (the runner retries the job), anything else,
+// a tag or repository that is not there, the job's.
+func registryFault(err error, format string, args ...any) error {
+	s := strings.ToLower(err.Error())
+	if executor.IsOutage(err) || strings.Contains(s, "unauthorized") || strings.Contains(s, "denied") || strings.Contains(s, "authentication required") {
+		return executor.Systemf(format, args...)
+	}
+	return executor.Buildf(format, args...)
+}
+
 // transient says whether a registry error may go away on its own.
 func transient(err error) bool {
+	if _, ok := err.(permanent); ok {
+		return false
+	}
 	s := strings.ToLower(err.Error())
 	for _, permanent := range []string{"unauthorized", "denied", "authentication required", "forbidden", "not found", "invalid reference"} {
 		if strings.Contains(s, permanent) {

@@ -51,6 +51,27 @@ type Ledger struct {
 	OwnerSince time.Time `json:"owner_since,omitzero"`
 	// Entries are the deployments berth made, newest first.
 	Entries []Entry `json:"entries,omitempty"`
+	// Switch is a change of what serves that has begun and not ended: a
+	// berth killed mid-way leaves it for the next deploy, rollback or its
+	// job's cleanup to finish (Recover).
+	Switch *Switch `json:"switch,omitempty"`
+}
+
+// Switch is the journal of a change of what serves, written before its
+// first step that touches what serves.
+type Switch struct {
+	Kind  string    `json:"kind"` // "deploy" or "rollback"
+	Job   int64     `json:"job"`
+	Since time.Time `json:"since"`
+	// From served before (its container id, "" for nothing); To is being
+	// switched to, and ToName what To was called before the switch.
+	From   string `json:"from,omitempty"`
+	To     string `json:"to,omitempty"`
+	ToName string `json:"to_name,omitempty"`
+	Entry  Entry  `json:"entry"`
+	// OldAnchor and NewAnchor are set when the anchor is made again.
+	OldAnchor string `json:"old_anchor,omitempty"`
+	NewAnchor string `json:"new_anchor,omitempty"`
 }
 
 // Entry is one deployment in a ledger.
@@ -67,6 +88,7 @@ type Entry struct {
 	Job      int64     `json:"job,omitempty"`
 	By       string    `json:"by,omitempty"`
 	Project  string    `json:"project,omitempty"`
+	Flow     string    `json:"flow,omitempty"`
 	// Result: serving, replaced, failed, rolled back by X.
 	Result string `json:"result"`
 	// Adopted: berth found it serving and did not deploy it.
@@ -77,7 +99,8 @@ type Entry struct {
 const (
 	ResultServing  = "serving"
 	ResultReplaced = "replaced"
-	ResultFailed   = "failed, previous restored"
+	ResultFailed      = "failed, previous restored"
+	ResultInterrupted = "interrupted, previous restored"
 )
 
 // RolledBackBy is the result of a version that a rollback replaced.
@@ -86,12 +109,12 @@ func RolledBackBy(by string) string { return "rolled back by " + by }
 // EntryOf is the ledger entry of a release.
 func EntryOf(r Release, id, result string) Entry {
 	return Entry{ID: id, Time: time.Now().UTC(), Image: r.Image, Digest: r.Digest, Tag: r.Tag, Ref: r.Ref, Sha: r.Sha,
-		Pipeline: r.Pipeline, Job: r.Job, By: r.By, Project: r.Project, Result: result}
+		Pipeline: r.Pipeline, Job: r.Job, By: r.By, Project: r.Project, Flow: r.Flow, Result: result}
 }
 
 // Record is the version as a line of history.
 func (v Entry) Record() Record {
-	r := Record{Time: v.Time, Ref: v.Ref, Tag: v.Tag, Digest: v.Digest, Pipeline: v.Pipeline, Job: v.Job, By: v.By, Result: v.Result, ID: v.ID}
+	r := Record{Time: v.Time, Ref: v.Ref, Tag: v.Tag, Digest: v.Digest, Pipeline: v.Pipeline, Job: v.Job, By: v.By, Result: v.Result, ID: v.ID, Flow: v.Flow}
 	if v.Adopted {
 		r.Result += " (adopted: started by hand)"
 	}
@@ -141,6 +164,7 @@ type LedgerEngine interface {
 	ContainerRemove(ctx context.Context, id string, opts container.RemoveOptions) error
 	CopyToContainer(ctx context.Context, id, path string, content io.Reader, opts container.CopyToContainerOptions) error
 	CopyFromContainer(ctx context.Context, id, src string) (io.ReadCloser, container.PathStat, error)
+	ContainerStatPath(ctx context.Context, id, path string) (container.PathStat, error)
 }
 
 // EnsureEmptyImage makes berth's empty image present on the engine.
@@ -236,4 +260,59 @@ func WriteLedger(ctx context.Context, eng LedgerEngine, l Ledger) error {
 		return executor.Systemf("write the ledger of %s: %w", l.Env, err)
 	}
 	return nil
+}
+
+// LedgerStore reads an environment's ledger once and keeps what it read
+// and wrote: a driver works under the environment's lock, so nothing else
+// writes the ledger meanwhile, and each read costs a copy out of a
+// container (~60 ms).
+type LedgerStore struct {
+	Engine   LedgerEngine
+	Env, Key string
+	cached   *Ledger
+	ok       bool
+}
+
+// Read is the ledger, and whether one exists at the target.
+func (s *LedgerStore) Read(ctx context.Context) (Ledger, bool, error) {
+	if s.cached == nil {
+		l, ok, err := ReadLedger(ctx, s.Engine, s.Env, s.Key)
+		if err != nil {
+			return l, ok, err
+		}
+		s.cached, s.ok = &l, ok
+	}
+	return s.cached.clone(), s.ok, nil
+}
+
+// Write stores the ledger at the target.
+func (s *LedgerStore) Write(ctx context.Context, l Ledger) error {
+	l.Env, l.Key = s.Env, s.Key
+	if err := WriteLedger(ctx, s.Engine, l); err != nil {
+		s.cached = nil // read it again next time
+		return err
+	}
+	c := l.clone()
+	s.cached, s.ok = &c, true
+	return nil
+}
+
+// Owner is the environment's owner; claim records it when there is none.
+func (s *LedgerStore) Owner(ctx context.Context, claim string) (string, error) {
+	l, _, err := s.Read(ctx)
+	if err != nil || l.Owner != "" || claim == "" {
+		return l.Owner, err
+	}
+	l.Owner, l.OwnerSince = claim, time.Now().UTC()
+	return claim, s.Write(ctx, l)
+}
+
+func (l Ledger) clone() Ledger {
+	c := l
+	c.Entries = append([]Entry(nil), l.Entries...)
+	if l.Switch != nil {
+		sw := *l.Switch
+		c.Switch = &sw
+	}
+	return c
 }

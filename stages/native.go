@@ -74,7 +74,7 @@ func (n *Native) Run(ctx context.Context) error {
 		return nil
 	}
 	rel := Release{Env: p.Env, Image: pinned, Digest: digest, Tag: p.ImageTag, Ref: n.Job.Ref, Sha: n.Job.Sha,
-		Pipeline: n.Job.Pipeline, Job: n.Job.ID, By: n.by(), Project: n.Job.Project}
+		Pipeline: n.Job.Pipeline, Job: n.Job.ID, By: n.by(), Project: n.Job.Project, Flow: p.Flow.Name}
 	if err := n.deploy(ctx, rel); err != nil {
 		return err
 	}
@@ -250,7 +250,7 @@ func (n *Native) release(ctx context.Context, repo, tagRef string) (string, erro
 		ref := repo + ":" + cand
 		rev, digest, ok, err := n.Registry.Revision(ctx, ref)
 		if err != nil {
-			return "", executor.Buildf("read %s: %v", ref, err)
+			return "", registryFault(err, "read %s from the registry: %v", ref, err)
 		}
 		switch {
 		case !ok:
@@ -292,7 +292,7 @@ func (n *Native) deploy(ctx context.Context, rel Release) error {
 	}
 	env := n.Settings.Environments[rel.Env]
 	unlock, err := d.Lock(ctx, Holder{Job: n.Job.ID, Pipeline: n.Job.Pipeline, By: rel.By,
-		Deadline: time.Now().Add(n.Job.Timeout)}, env.LockTimeout.D())
+		Deadline: time.Now().Add(n.Job.Timeout)}.ThisProcess(), env.LockTimeout.D())
 	if err != nil {
 		return err
 	}
@@ -300,8 +300,40 @@ func (n *Native) deploy(ctx context.Context, rel Release) error {
 	if err := CheckOwner(ctx, d, rel.Env, env, n.Job.Project); err != nil {
 		return err
 	}
+	if err := noGoingBack(ctx, d, rel); err != nil {
+		return err
+	}
 	fmt.Fprintf(n.Out, "berth: deploy %s to %s (%s)\n", rel.Image, rel.Env, env.Driver)
 	return d.Deploy(ctx, rel)
+}
+
+// noGoingBack refuses a deploy from a pipeline older than the one whose
+// release serves, when the same flow sent both: a slow old pipeline must
+// not overwrite a newer deploy. A rollback, or a rollback --to, is how to
+// go back on purpose.
+func noGoingBack(ctx context.Context, d Driver, rel Release) error {
+	recs, err := d.History(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if r.Result != ResultServing {
+			continue
+		}
+		if r.Flow == rel.Flow && rel.Flow != "" && r.Pipeline > rel.Pipeline {
+			return executor.Buildf("%s serves %s from pipeline %d, newer than this pipeline %d (both %s flow): an older pipeline does not overwrite a newer deploy; retry the newer pipeline's deploy, or roll back on purpose (BERTH_ACTION=rollback, berth rollback %s --to %s)",
+				rel.Env, orDash(r.Tag), r.Pipeline, rel.Pipeline, rel.Flow, rel.Env, rel.Tag)
+		}
+		break
+	}
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // rollback is `berth rollback` as a job: BERTH_ACTION=rollback, with
@@ -346,7 +378,7 @@ func Rollback(ctx context.Context, open func(string) (Driver, error), s *setting
 	if err != nil {
 		return Record{}, err
 	}
-	unlock, err := d.Lock(ctx, Holder{Job: o.Job, Pipeline: o.Pipeline, By: o.By, Deadline: time.Now().Add(o.Timeout)}, e.LockTimeout.D())
+	unlock, err := d.Lock(ctx, Holder{Job: o.Job, Pipeline: o.Pipeline, By: o.By, Deadline: time.Now().Add(o.Timeout)}.ThisProcess(), e.LockTimeout.D())
 	if err != nil {
 		return Record{}, err
 	}

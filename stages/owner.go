@@ -3,7 +3,6 @@ package stages
 import (
 	"context"
 	"strings"
-	"time"
 
 	"github.com/berthci/berth/executor"
 	"github.com/berthci/berth/executor/settings"
@@ -30,14 +29,4 @@ func CheckOwner(ctx context.Context, d Driver, env string, e settings.Environmen
 	}
 	return executor.Buildf("environment %s belongs to %s, the first project that deployed it (berth history %s shows it), not to %s: ask the runner's operator to set environments.%s.projects in berth.toml",
 		env, owner, env, project, env)
-}
-
-// LedgerOwner is Owner for the drivers that keep a ledger on an engine.
-func LedgerOwner(ctx context.Context, eng LedgerEngine, env, key, claim string) (string, error) {
-	l, _, err := ReadLedger(ctx, eng, env, key)
-	if err != nil || l.Owner != "" || claim == "" {
-		return l.Owner, err
-	}
-	l.Owner, l.OwnerSince = claim, time.Now().UTC()
-	return claim, WriteLedger(ctx, eng, l)
 }

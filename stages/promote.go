@@ -13,7 +13,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
-	"github.com/berthci/berth/executor"
 )
 
 // Registry talks to a registry directly, for what needs no engine: reading
@@ -120,7 +119,7 @@ func (r *Registry) Tag(ctx context.Context, from, to string) (string, error) {
 		return nil
 	})
 	if err != nil {
-		return "", executor.Buildf("tag %s as %s in the registry: %v", from, to, err)
+		return "", registryFault(err, "tag %s as %s in the registry: %v", from, to, err)
 	}
 	return digest, nil
 }

@@ -107,6 +107,9 @@ func run(in io.Reader, out io.Writer, title string) error {
 	fmt.Fprintln(out, "|---|---|---:|---:|---:|---|---|")
 	failed := 0
 	for _, row := range order {
+		if strings.HasPrefix(row, "Fault/") {
+			continue // a table of their own
+		}
 		berth, bash := median(samples[row]["berth"]), median(samples[row]["bash"])
 		ratio := "-"
 		if bash != 0 {
@@ -130,6 +133,7 @@ func run(in io.Reader, out io.Writer, title string) error {
 		fmt.Fprintf(out, "| %s | %s | %.1f | %s | %s | %s | %s |\n", measure, unit, berth, script, ratio, g.text, met)
 	}
 	failed += helperCost(out, samples, order)
+	failed += faultTable(out, samples, order)
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "What each measure is:")
 	fmt.Fprintln(out, "- `Invocation/config`: `berth config` alone: read berth.toml and the job payload, print JSON.")
@@ -155,6 +159,53 @@ func run(in io.Reader, out io.Writer, title string) error {
 		fmt.Fprintf(out, "\n%d goal(s) not met.\n", failed)
 	}
 	return nil
+}
+
+// faultTable is the table of faults: each fault and driver, whether the
+// environment served again by itself, and how soon.
+func faultTable(out io.Writer, samples map[string]map[string][]float64, order []string) int {
+	type cell struct{ fault, driver string }
+	var cells []cell
+	for _, row := range order {
+		if !strings.HasPrefix(row, "Fault/") || !strings.HasSuffix(row, " serving-s") {
+			continue
+		}
+		for _, driver := range sortedSides(samples[row]) {
+			cells = append(cells, cell{strings.TrimSuffix(strings.TrimPrefix(row, "Fault/"), " serving-s"), driver})
+		}
+	}
+	if len(cells) == 0 {
+		return 0
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "### Faults")
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "A fault struck a deploy through the real runner (berth paused at the named step for it); seconds from")
+	fmt.Fprintln(out, "the fault until the environment answers again, by itself. Goal: every cell serving, none needs a human.")
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "| fault | driver | outcome | seconds until serving | met |")
+	fmt.Fprintln(out, "|---|---|---|---:|---|")
+	failed := 0
+	for _, c := range cells {
+		secs := median(samples["Fault/"+c.fault+" serving-s"][c.driver])
+		human := median(samples["Fault/"+c.fault+" needs-human"][c.driver])
+		outcome, met := "serving", "yes"
+		if human > 0 {
+			outcome, met = "needs a human", "**no**"
+			failed++
+		}
+		fmt.Fprintf(out, "| %s | %s | %s | %.1f | %s |\n", c.fault, c.driver, outcome, secs, met)
+	}
+	return failed
+}
+
+func sortedSides(m map[string][]float64) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // costGoals bound what the helper container adds to a job, in ms.

@@ -19,6 +19,9 @@ BenchmarkTrivialJob/berth-2           5  1 ns/op  2000 median-ms
 BenchmarkTrivialJob/bash-2            5  1 ns/op  1000 median-ms
 BenchmarkOutage/berth-2               5  1 ns/op  3 failed  100 longest-gap-ms
 BenchmarkOutage/bash-2                5  1 ns/op  40 failed  1200 longest-gap-ms
+BenchmarkFault/sigkill-mid-switch/container-2   1  1 ns/op  1.5 serving-s  0 needs-human
+BenchmarkFault/kill-the-world/kube-2            1  1 ns/op  60 serving-s  1 needs-human
+BenchmarkTrivialJob/before-2          5  1 ns/op  1800 median-ms
 cpu: test cpu
 `
 	var out bytes.Buffer
@@ -29,6 +32,10 @@ cpu: test cpu
 	assert.Contains(t, s, "| Outage | failed | 3.0 | 40.0 | 0.07 |")
 	assert.Contains(t, s, "**no**")
 	assert.Equal(t, 1, strings.Count(s, "cpu: test cpu"))
+	assert.Contains(t, s, "| sigkill-mid-switch | container | serving | 1.5 | yes |")
+	assert.Contains(t, s, "| kill-the-world | kube | needs a human | 60.0 | **no** |")
+	assert.Contains(t, s, "| TrivialJob | median-ms | 2000.0 | 1800.0 | +200.0 | cost ≤ 300 ms | yes |")
+	assert.NotContains(t, s, "| Fault/", "faults are a table of their own")
 
 	assert.Error(t, run(strings.NewReader("PASS\n"), &out, "T"), "no results is an error")
 }

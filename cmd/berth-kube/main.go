@@ -16,6 +16,7 @@ import (
 	"github.com/berthci/berth/executor"
 	"github.com/berthci/berth/kube"
 	"github.com/berthci/berth/kube/rollout"
+	"github.com/berthci/berth/stages"
 )
 
 func main() {
@@ -43,7 +44,12 @@ func run(ctx context.Context) (kube.Result, error) {
 	if err != nil {
 		return kube.Result{}, executor.Systemf("environment %s: %w", req.Env, err)
 	}
-	d := &rollout.Driver{Client: client, Env: req.Env, Spec: req.Spec, Out: os.Stderr}
+	d := &rollout.Driver{Client: client, Env: req.Env, Spec: req.Spec, Out: os.Stderr, Pause: stages.PauseFromEnv(os.Getenv, os.Stderr)}
+	if req.Holder.Job != 0 && (req.Op == kube.OpDeploy || req.Op == kube.OpRollback || req.Op == kube.OpRecover) {
+		renewing, stop := context.WithCancel(context.WithoutCancel(ctx))
+		defer stop()
+		go d.Renew(renewing, req.Holder) // while it works, the lock stays its
+	}
 	switch req.Op {
 	case kube.OpLock:
 		return kube.Result{}, d.Lock(ctx, req.Holder, req.LockTimeout)
@@ -54,6 +60,8 @@ func run(ctx context.Context) (kube.Result, error) {
 	case kube.OpRollback:
 		rec, err := d.Rollback(ctx, req.To, req.By)
 		return kube.Result{Record: rec}, err
+	case kube.OpRecover:
+		return kube.Result{}, d.RecoverHeld(ctx, req.Holder)
 	case kube.OpOwner:
 		o, err := d.Owner(ctx, req.Claim)
 		return kube.Result{Owner: o}, err

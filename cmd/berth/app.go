@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -56,7 +57,11 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 		if cmd == "prepare" {
 			return ex.Prepare(ctx)
 		}
-		return ex.Cleanup(ctx)
+		rerr := a.recoverDeploy(context.WithoutCancel(ctx))
+		if rerr != nil {
+			ex.Log.WithError(rerr).Warnf("job %d: put right what its deploy left", a.job.ID)
+		}
+		return errors.Join(rerr, ex.Cleanup(ctx))
 	case "run":
 		if len(args) != 2 {
 			return executor.Systemf("usage: berth run SCRIPT STAGE")
@@ -197,8 +202,17 @@ func (a *app) check() error {
 	for _, w := range a.settings.Warnings() {
 		fmt.Fprintf(a.stdout, "# warning: %s\n", w)
 	}
-	fmt.Fprintf(a.stdout, "# effective settings (passwords, env values and build args shown as %s):\n", settings.Masked)
-	return toml.NewEncoder(a.stdout).Encode(a.settings.Redacted())
+	fmt.Fprintf(a.stdout, "# effective settings (passwords, env values and build args shown as %s), each with where it comes from:\n", settings.Masked)
+	var b strings.Builder
+	if err := toml.NewEncoder(&b).Encode(a.settings.Redacted()); err != nil {
+		return executor.Systemf("print the settings: %w", err)
+	}
+	var data []byte
+	if a.source.Path != "" {
+		data, _ = os.ReadFile(a.source.Path)
+	}
+	fmt.Fprint(a.stdout, settings.Annotate(b.String(), a.source.Path, data))
+	return nil
 }
 
 func (a *app) sweep(ctx context.Context, args []string) error {
@@ -232,6 +246,9 @@ func (a *app) sweep(ctx context.Context, args []string) error {
 	for _, d := range res.Dirs {
 		fmt.Fprintf(a.stdout, "%s builds dir %s\n", verb, d)
 	}
-	fmt.Fprintf(a.stdout, "sweep: %s %d containers, %d networks\n", verb, len(res.Containers), len(res.Networks))
-	return err
+	fmt.Fprintf(a.stdout, "sweep: %s %d containers, %d networks, %d builds dirs\n", verb, len(res.Containers), len(res.Networks), len(res.Dirs))
+	if err != nil {
+		return executor.Systemf("sweep went on past what it could not remove: %w", err)
+	}
+	return nil
 }

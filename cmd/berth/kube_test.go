@@ -123,3 +123,59 @@ rollout_timeout = "1m"
 	assert.Contains(t, string(out), "v1.0.0")
 	assert.Contains(t, string(out), "serving")
 }
+
+// The API server stops in the middle of a rollout and comes back: berth
+// waits for it (the rollout goes on in the cluster) and the rollout
+// completes; the lock is the job's throughout.
+func TestE2EAPIServerStoppedDuringARollout(t *testing.T) {
+	r := needRig(t)
+	kubeconfig, kubectl := r.withKube(t)
+	kc := func(args ...string) string {
+		out, err := exec.Command(kubectl, append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
+		require.NoError(t, err, string(out))
+		return strings.TrimSpace(string(out))
+	}
+	name := fmt.Sprintf("berth-e2e-apidown-%d", time.Now().UnixNano()%1e8)
+	image := "127.0.0.1:5000/berth-e2e/" + name
+	kc("create", "namespace", name)
+	t.Cleanup(func() { _ = exec.Command(kubectl, "--kubeconfig", kubeconfig, "delete", "namespace", name, "--wait=false").Run() })
+	require.Eventually(t, func() bool {
+		return exec.Command(kubectl, "--kubeconfig", kubeconfig, "-n", name, "get", "serviceaccount", "default").Run() == nil
+	}, 30*time.Second, 200*time.Millisecond)
+	kc("-n", name, "create", "deployment", "app", "--image", image+":none", "--replicas", "2")
+	repo := newAppRepo(t)
+	repo.commit("1.0.0")
+	repo.git("checkout", "-qb", "release-1.0.0")
+	toml := writeTOML(t, defaultTOML+fmt.Sprintf(`
+[registry]
+image = %[1]q
+[environments.alpha]
+driver = "kube"
+[environments.alpha.kube]
+kubeconfig = %[2]q
+namespace = %[3]q
+deployment = "app"
+rollout_timeout = "2m"
+`, image, kubeconfig, name))
+	kubeSh := filepath.Join(repoRoot(), ".ci", "kube.sh")
+	t.Cleanup(func() { _ = exec.Command(kubeSh, "apiserver-start").Run() })
+
+	env, file := pause(t, "deploy:wait")
+	job := r.startJob(t, toml, env, nil, "--repo", repo.dir, "--ref", "release-1.0.0", "--stage", "deploy", "--image", "busybox:local")
+	pausedPID(t, file)
+	out, err := exec.Command(kubeSh, "apiserver-stop").CombinedOutput()
+	require.NoError(t, err, string(out))
+	require.NoError(t, os.Remove(file)) // the rollout wait goes on, against a stopped API server
+	time.Sleep(5 * time.Second)
+	out, err = exec.Command(kubeSh, "apiserver-start").CombinedOutput()
+	require.NoError(t, err, string(out))
+	res := job.finish(t)
+	tr := traceLines(res.Trace)
+	require.Equal(t, "success", res.State, tr)
+	assert.Contains(t, tr, "the API server does not answer")
+	assert.Contains(t, tr, "the API server answers again after")
+	assert.Contains(t, tr, "berth: alpha: rolled out in ")
+	assert.Regexp(t, `@sha256:[0-9a-f]{64}$`, kc("-n", name, "get", "deployment", "app", "-o", "jsonpath={.spec.template.spec.containers[0].image}"))
+	assert.Empty(t, kc("-n", name, "get", "deployment", "app", "-o", "jsonpath={.metadata.annotations.berth\\.switch}"), "no unfinished switch")
+	r.requireNothingLeft(t, res.JobID)
+}

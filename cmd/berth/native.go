@@ -72,10 +72,12 @@ func (a *app) driverOpener(out io.Writer, creds *stages.Credentials, dir string)
 				return nil, err
 			}
 			return &compose.Driver{Env: name, Spec: env.Compose, DockerHost: host, SSHOptions: env.SSHOptions,
-				Engine: eng, Apply: helper, Creds: creds, Out: out, Dir: dir, Reserved: a.containerNames()}, nil
+				Engine: eng, Apply: helper, Creds: creds, Out: out, Dir: dir, Reserved: a.containerNames(),
+				Pause: stages.PauseFromEnv(a.getenv, out)}, nil
 		}
 		self, _ := os.Executable() // the anchor image is made of it; without it, no anchor
-		return &stages.ContainerDriver{Env: name, Spec: env.Container, Engine: eng, Creds: creds, Out: out, AnchorBinary: self}, nil
+		return &stages.ContainerDriver{Env: name, Spec: env.Container, Engine: eng, Creds: creds, Out: out, AnchorBinary: self,
+			Pause: stages.PauseFromEnv(a.getenv, out)}, nil
 	}
 }
 
@@ -201,6 +203,9 @@ func (a *app) rollback(ctx context.Context, args []string) error {
 	by := a.getenv("USER")
 	rec, err := stages.Rollback(ctx, a.driverOpener(a.stdout, a.credentials(), workDir()), a.settings,
 		stages.RollbackOptions{Env: env, To: to, By: by, Timeout: time.Hour})
+	if err != nil && ctx.Err() != nil {
+		fmt.Fprintf(a.stdout, "berth: %s: the rollback was cancelled; what served before serves again\n", env)
+	}
 	if err != nil {
 		return err
 	}
@@ -220,4 +225,24 @@ func shortDigest(d string) string {
 		return d[:19]
 	}
 	return d
+}
+
+// recoverDeploy is the job's cleanup for a deploy stage: when berth was
+// killed mid-way (the runner's SIGKILL after graceful_kill_timeout), the
+// job still holds the environment's lock; what it left half done is put
+// right and the lock released.
+func (a *app) recoverDeploy(ctx context.Context) error {
+	p, err := a.plan()
+	if err != nil || p.Action != settings.ActionDeploy || p.Env == "" {
+		return nil
+	}
+	dir := executor.JobDir(a.settings, a.job)
+	if d, err := a.projectDir(); err == nil {
+		dir = d
+	}
+	d, err := a.driverOpener(a.stdout, a.credentials(), dir)(p.Env)
+	if err != nil {
+		return err
+	}
+	return d.Recover(ctx, a.job.ID)
 }

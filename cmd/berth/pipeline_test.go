@@ -252,3 +252,40 @@ health_url = "http://127.0.0.1:6102/health"
 	assert.Contains(t, string(out), "serving")
 	r.requireNothingLeft(t, res.JobID)
 }
+
+// An older pipeline's deploy does not overwrite a newer one's; a rollback
+// goes back on purpose.
+func TestE2ENoDeployGoesBackwards(t *testing.T) {
+	r := needRig(t)
+	repo := newAppRepo(t)
+	name := fmt.Sprintf("berth-e2e-back-%d", time.Now().UnixNano()%1e8)
+	t.Cleanup(func() { removeByName(r, name) })
+	toml := writeTOML(t, defaultTOML+fmt.Sprintf(`
+[registry]
+image = "127.0.0.1:5000/berth-e2e/{project}"
+[environments.web]
+driver = "container"
+[environments.web.container]
+name = %q
+ports = ["127.0.0.1:6117:5000"]
+health_url = "http://127.0.0.1:6117/health"
+`, name))
+	deploy := func(pipeline int, extra ...string) jobResult {
+		res := r.runJob(t, toml, append([]string{"--repo", repo.dir, "--ref", "master", "--stage", "deploy", "--project-path", "grp/" + name,
+			"--pipeline", fmt.Sprint(pipeline)}, extra...)...)
+		r.requireNothingLeft(t, res.JobID)
+		return res
+	}
+	repo.commit("old")
+	repo.commit("new")
+	res := deploy(20)
+	require.Equal(t, "success", res.State, traceLines(res.Trace))
+	res = deploy(19)
+	assert.Equal(t, "failed", res.State)
+	assert.Contains(t, traceLines(res.Trace), "serves latest from pipeline 20, newer than this pipeline 19 (both master flow)")
+	assert.Equal(t, "app new", httpGet("http://127.0.0.1:6117/"))
+	res = deploy(21)
+	require.Equal(t, "success", res.State, traceLines(res.Trace))
+	res = deploy(19, "--var", "BERTH_ACTION=rollback")
+	require.Equal(t, "success", res.State, "a rollback is on purpose: %s", traceLines(res.Trace))
+}

@@ -4,6 +4,7 @@ package main
 // (built by ../shared/gitlab-runner/build.sh) against the real engine.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -179,6 +180,20 @@ func (r *rig) runJobWith(t *testing.T, tomlPath string, edit func(payload map[st
 // for berth).
 func (r *rig) runJobEnv(t *testing.T, tomlPath string, env []string, edit func(payload map[string]any), jobArgs ...string) jobResult {
 	t.Helper()
+	return r.startJob(t, tomlPath, env, edit, jobArgs...).finish(t)
+}
+
+// startedJob is a job running through the runner, in the background.
+type startedJob struct {
+	cmd    *exec.Cmd
+	out    string
+	output bytes.Buffer
+	cancel context.CancelFunc
+}
+
+// startJob starts a job through the runner and returns at once.
+func (r *rig) startJob(t *testing.T, tomlPath string, env []string, edit func(payload map[string]any), jobArgs ...string) *startedJob {
+	t.Helper()
 	out := t.TempDir()
 	payload := filepath.Join(out, "job.json")
 	cmd := exec.Command(filepath.Join(r.shared, "job.py"), jobArgs...)
@@ -194,16 +209,24 @@ func (r *rig) runJobEnv(t *testing.T, tomlPath string, env []string, edit func(p
 	require.NoError(t, os.WriteFile(payload, b, 0o600))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	run := exec.CommandContext(ctx, filepath.Join(r.shared, "run-job.sh"), payload, out, "--", r.berth, "--config", tomlPath)
-	run.Env = append(append(os.Environ(), "GLR_BIN="+r.glrBin), env...)
-	combined, err := run.CombinedOutput()
-	require.NoError(t, err, "run-job.sh: %s", combined)
+	j := &startedJob{out: out, cancel: cancel}
+	j.cmd = exec.CommandContext(ctx, filepath.Join(r.shared, "run-job.sh"), payload, out, "--", r.berth, "--config", tomlPath)
+	j.cmd.Env = append(append(os.Environ(), "GLR_BIN="+r.glrBin), env...)
+	j.cmd.Stdout, j.cmd.Stderr = &j.output, &j.output
+	require.NoError(t, j.cmd.Start())
+	return j
+}
+
+// finish waits for the job's final state.
+func (j *startedJob) finish(t *testing.T) jobResult {
+	t.Helper()
+	defer j.cancel()
+	require.NoError(t, j.cmd.Wait(), "run-job.sh: %s", j.output.String())
 	var res jobResult
-	data, err := os.ReadFile(filepath.Join(out, "result.json"))
+	data, err := os.ReadFile(filepath.Join(j.out, "result.json"))
 	require.NoError(t, err)
 	require.NoError(t, json.Unmarshal(data, &res))
-	res.out = out
+	res.out = j.out
 	return res
 }
 

@@ -1,14 +1,16 @@
 package settings
 
 import (
-	"errors"
 	"fmt"
 	"path"
 	"regexp"
+	"regexp/syntax"
 	"slices"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/docker/go-connections/nat"
 )
 
 // Stage actions in the [stages] table.
@@ -279,11 +281,8 @@ func (s *Settings) applyDeployDefaults() {
 	}
 }
 
-func (s *Settings) validateDeploy() error {
-	var errs []error
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
-	}
+func (s *Settings) validateDeploy(errs *problems) {
+	bad := errs.bad
 	for _, name := range sortedKeys(s.Stages) {
 		switch s.Stages[name] {
 		case ActionScript, ActionDeploy, ActionRelease:
@@ -291,54 +290,202 @@ func (s *Settings) validateDeploy() error {
 			bad("stages."+name, "%q is not an action (use script, deploy or release)", s.Stages[name])
 		}
 	}
+	if s.Registry.Retries < 0 {
+		bad("registry.retries", "must not be negative")
+	}
 	for i, f := range s.Flows {
-		field := fmt.Sprintf("flows[%d] (%s)", i, f.Name)
+		field := fmt.Sprintf("flows[%d]", i)
 		if (f.Branch == "") == (f.Tag == "") {
-			bad(field, "set exactly one of branch and tag")
+			bad(field, "flow %q: set exactly one of branch and tag", f.Name)
 		}
-		for _, re := range []string{f.Branch, f.Tag} {
-			if _, err := regexp.Compile("^(?:" + re + ")$"); err != nil {
-				bad(field, "bad pattern %q: %v", re, err)
+		for key, re := range map[string]string{"branch": f.Branch, "tag": f.Tag} {
+			if re == "" {
+				continue
+			}
+			if why := refPatternProblem(re); why != "" {
+				bad(field+"."+key, "flow %q: %s", f.Name, why)
 			}
 		}
 		if f.ImageTag == "" {
-			bad(field, "image_tag is empty (use a literal tag or \"{ref}\")")
+			bad(field+".image_tag", "flow %q: image_tag is empty (use a literal tag or \"{ref}\")", f.Name)
 		}
 		if _, ok := s.Environments[f.Environment]; f.Environment != "" && !ok {
-			bad(field, "environment %q is not defined under [environments]", f.Environment)
+			bad(field+".environment", "flow %q: environment %q is not defined under [environments]", f.Name, f.Environment)
 		}
 	}
 	for _, name := range sortedKeys(s.Environments) {
 		env := s.Environments[name]
+		at := "environments." + name
 		switch env.Driver {
 		case DriverContainer, DriverCompose, DriverKube:
 		default:
-			bad("environments."+name+".driver", "%q is not a driver (use container, compose or kube)", env.Driver)
+			bad(at+".driver", "%q is not a driver (use container, compose or kube)", env.Driver)
 		}
-		if env.Container.Keep < 0 {
-			bad("environments."+name+".container.keep", "must not be negative")
+		if env.LockTimeout <= 0 {
+			bad(at+".lock_timeout", "must be more than zero")
+		}
+		c := env.Container
+		if c.Keep < 0 {
+			bad(at+".container.keep", "must not be negative")
+		}
+		if env.Driver == DriverContainer {
+			if _, _, err := nat.ParsePortSpecs(c.Ports); err != nil {
+				bad(at+".container.ports", "%v (use [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp])", err)
+			}
+			if !validRestart(c.Restart) {
+				bad(at+".container.restart", "%q is not a restart policy (use no, always, unless-stopped or on-failure[:N])", c.Restart)
+			}
+			for _, kv := range c.Env {
+				if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+					bad(at+".container.env", "%q is not KEY=VALUE", strings.SplitN(kv, "=", 2)[0])
+				}
+			}
+			for _, v := range c.Volumes {
+				if parts := strings.Split(v, ":"); len(parts) < 2 || len(parts) > 3 || (len(parts) == 3 && parts[2] != "ro" && parts[2] != "rw") {
+					bad(at+".container.volumes", "%q: use SOURCE:TARGET or SOURCE:TARGET:ro", v)
+				}
+			}
+			if c.HealthURL != "" && !strings.HasPrefix(c.HealthURL, "http://") && !strings.HasPrefix(c.HealthURL, "https://") {
+				bad(at+".container.health_url", "%q is not an http(s) URL", c.HealthURL)
+			}
+		}
+		for key, d := range map[string]Duration{"container.health_timeout": c.HealthTimeout, "container.stop_timeout": c.StopTimeout,
+			"compose.wait_timeout": env.Compose.WaitTimeout, "kube.rollout_timeout": env.Kube.RolloutTimeout, "kube.unschedulable_after": env.Kube.UnschedulableAfter} {
+			if d < 0 {
+				bad(at+"."+key, "must not be negative")
+			}
 		}
 		if env.Kube.InCluster && (env.Kube.Kubeconfig != "" || env.Kube.Context != "") {
-			bad("environments."+name+".kube.in_cluster", "set either in_cluster or kubeconfig/context")
+			bad(at+".kube.in_cluster", "set either in_cluster or kubeconfig/context")
 		}
 		if env.Compose.Keep < 0 {
-			bad("environments."+name+".compose.keep", "must not be negative")
+			bad(at+".compose.keep", "must not be negative")
 		}
 		for _, a := range env.Compose.Allow {
 			if !slices.Contains(ComposeAllowances, a) {
-				bad("environments."+name+".compose.allow", "%q is not something berth refuses (use %s)", a, strings.Join(ComposeAllowances, ", "))
+				bad(at+".compose.allow", "%q is not something berth refuses (use %s)", a, strings.Join(ComposeAllowances, ", "))
 			}
 		}
 		for _, p := range env.Projects {
 			if !validProjectPattern(p) {
-				bad("environments."+name+".projects", "%q is not a project path (group/app) or a group's projects (group/*)", p)
+				bad(at+".projects", "%q is not a project path (group/app) or a group's projects (group/*)", p)
 			}
 		}
-		if p := env.Container.PortsOn; p != PortsOnAnchor && p != PortsOnContainer {
-			bad("environments."+name+".container.ports_on", "%q is not a place (use anchor or container)", p)
+		if p := c.PortsOn; p != PortsOnAnchor && p != PortsOnContainer {
+			bad(at+".container.ports_on", "%q is not a place (use anchor or container)", p)
 		}
 	}
-	return errors.Join(errs...)
+}
+
+var restartRe = regexp.MustCompile(`^(|no|always|unless-stopped|on-failure(:[0-9]+)?)$`)
+
+func validRestart(p string) bool { return restartRe.MatchString(p) }
+
+// refPatternProblem says why a branch or tag pattern cannot match any ref
+// name GitLab sends (the short name: main, v1.2.3), or "".
+func refPatternProblem(pattern string) string {
+	re, err := syntax.Parse("^(?:"+pattern+")$", syntax.Perl)
+	if err != nil {
+		return fmt.Sprintf("bad pattern %q: %v", pattern, err)
+	}
+	if strings.HasPrefix(pattern, "refs/") || strings.HasPrefix(pattern, "^refs/") {
+		return fmt.Sprintf("pattern %q never matches: GitLab names refs without refs/heads/ or refs/tags/ (main, v1.2.3)", pattern)
+	}
+	if r := mustLiteral(re.Simplify()); r != "" {
+		return fmt.Sprintf("pattern %q never matches: a git ref name cannot contain %s", pattern, r)
+	}
+	if matchesNothing(re.Simplify()) {
+		return fmt.Sprintf("pattern %q matches nothing", pattern)
+	}
+	return ""
+}
+
+// mustLiteral finds a character a match needs that no ref name has (git
+// check-ref-format: no space, ~ ^ : ? * [ \\ or control characters).
+func mustLiteral(re *syntax.Regexp) string {
+	switch re.Op {
+	case syntax.OpLiteral:
+		for _, r := range re.Rune {
+			if r < 0x20 || r == 0x7f || strings.ContainsRune(" ~^:?*[\\", r) {
+				return fmt.Sprintf("%q", string(r))
+			}
+		}
+	case syntax.OpConcat, syntax.OpCapture:
+		for _, sub := range re.Sub {
+			if r := mustLiteral(sub); r != "" {
+				return r
+			}
+		}
+	case syntax.OpPlus, syntax.OpRepeat:
+		if re.Op == syntax.OpPlus || re.Min > 0 {
+			return mustLiteral(re.Sub[0])
+		}
+	case syntax.OpAlternate:
+		first := ""
+		for _, sub := range re.Sub {
+			r := mustLiteral(sub)
+			if r == "" {
+				return ""
+			}
+			first = r
+		}
+		return first
+	}
+	return ""
+}
+
+// matchesNothing says whether a pattern cannot match any string.
+func matchesNothing(re *syntax.Regexp) bool {
+	switch re.Op {
+	case syntax.OpNoMatch:
+		return true
+	case syntax.OpCharClass:
+		return len(re.Rune) == 0
+	case syntax.OpConcat, syntax.OpCapture:
+		consumed, ended := false, false
+		for _, sub := range re.Sub {
+			if matchesNothing(sub) {
+				return true
+			}
+			switch sub.Op {
+			case syntax.OpEndLine, syntax.OpEndText:
+				ended = true
+			case syntax.OpBeginLine, syntax.OpBeginText:
+				if consumed {
+					return true // ^ after characters
+				}
+			default:
+				if consumes(sub) {
+					if ended {
+						return true // characters after $
+					}
+					consumed = true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// consumes says whether every match of re has at least one character.
+func consumes(re *syntax.Regexp) bool {
+	switch re.Op {
+	case syntax.OpLiteral:
+		return len(re.Rune) > 0
+	case syntax.OpCharClass, syntax.OpAnyChar, syntax.OpAnyCharNotNL:
+		return true
+	case syntax.OpPlus:
+		return consumes(re.Sub[0])
+	case syntax.OpRepeat:
+		return re.Min > 0 && consumes(re.Sub[0])
+	case syntax.OpConcat, syntax.OpCapture:
+		for _, sub := range re.Sub {
+			if consumes(sub) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func sortedKeys[V any](m map[string]V) []string {

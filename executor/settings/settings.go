@@ -130,12 +130,25 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d)
 // D is the value as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
+// FieldError is a setting that cannot work: the key (dotted, flows[N] for
+// the N-th flow) and why. Decode adds the file and line.
+type FieldError struct {
+	Field, Msg string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+// problems collects FieldErrors.
+type problems []error
+
+func (p *problems) bad(field, format string, args ...any) {
+	*p = append(*p, &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)})
+}
+
 // Validate checks values that TOML types alone cannot.
 func (s *Settings) Validate() error {
-	var errs []error
-	bad := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
-	}
+	var errs problems
+	bad := errs.bad
 	switch strings.ToLower(s.LogLevel) {
 	case "panic", "fatal", "error", "warn", "warning", "info", "debug", "trace":
 	default:
@@ -159,11 +172,17 @@ func (s *Settings) Validate() error {
 			bad("job.volumes", "%v", err)
 		}
 	}
-	if s.Job.StopGrace < 0 || s.Job.ServiceWait < 0 {
-		bad("job", "stop_grace and service_wait must not be negative")
+	if s.Job.StopGrace < 0 {
+		bad("job.stop_grace", "must not be negative")
 	}
-	if s.Job.Memory < 0 || s.Job.CPUs < 0 {
-		bad("job", "memory and cpus must not be negative")
+	if s.Job.ServiceWait < 0 {
+		bad("job.service_wait", "must not be negative")
+	}
+	if s.Job.Memory < 0 {
+		bad("job.memory", "must not be negative")
+	}
+	if s.Job.CPUs < 0 {
+		bad("job.cpus", "must not be negative")
 	}
 	if s.Job.HelperImage == "" {
 		bad("job.helper_image", "must name an image with git and bash (default %s)", DefaultHelperImage())
@@ -171,7 +190,7 @@ func (s *Settings) Validate() error {
 	if r := s.Job.RunnerBinary; r != "" && r != RunnerBinaryImage && !filepath.IsAbs(r) {
 		bad("job.runner_binary", "%q must be an absolute path to a static gitlab-runner, %q, or empty (the runner that started berth)", r, RunnerBinaryImage)
 	}
-	errs = append(errs, s.validateDeploy())
+	s.validateDeploy(&errs)
 	return errors.Join(errs...)
 }
 

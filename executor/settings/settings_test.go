@@ -40,11 +40,53 @@ func TestDecode(t *testing.T) {
 		{name: "bad volume", toml: "[job]\nvolumes = [\"/a\"]\n", wantErr: []string{"job.volumes", "HOST:CONTAINER"}},
 		{name: "bad log level", toml: "log_level = \"loud\"\n", wantErr: []string{"log_level"}},
 		{name: "bad stage action", toml: "[stages]\nship = \"launch\"\n", wantErr: []string{"stages.ship", "launch"}},
-		{name: "flow with branch and tag", toml: "[[flows]]\nname = \"x\"\nbranch = \"a\"\ntag = \"b\"\nimage_tag = \"t\"\n", wantErr: []string{"flows[0] (x)", "exactly one"}},
+		{name: "flow with branch and tag", toml: "[[flows]]\nname = \"x\"\nbranch = \"a\"\ntag = \"b\"\nimage_tag = \"t\"\n", wantErr: []string{`berth.toml:1: flows[0]: flow "x"`, "exactly one"}},
 		{name: "flow with bad pattern", toml: "[[flows]]\nname = \"x\"\nbranch = \"(\"\nimage_tag = \"t\"\n", wantErr: []string{"bad pattern"}},
 		{name: "flow to unknown environment", toml: "[[flows]]\nname = \"x\"\nbranch = \"a\"\nimage_tag = \"t\"\nenvironment = \"moon\"\n", wantErr: []string{`environment "moon" is not defined`}},
 		{name: "bad ports_on", toml: "[environments.web]\ndriver = \"container\"\n[environments.web.container]\nports_on = \"roof\"\n", wantErr: []string{"environments.web.container.ports_on", "roof", "anchor or container"}},
 		{name: "bad driver", toml: "[environments.web]\ndriver = \"ftp\"\n", wantErr: []string{"environments.web.driver", "ftp"}},
+		{name: "a file's environment table overlays the built-in one key by key", toml: "[environments.prod]\n[environments.prod.kube]\nnamespace = \"shop\"\n",
+			check: func(t *testing.T, s Settings) {
+				prod := s.Environments["prod"]
+				assert.True(t, prod.Manual, "prod keeps manual")
+				assert.True(t, prod.Protected, "prod keeps protected")
+				assert.Equal(t, DriverKube, prod.Driver)
+				assert.Equal(t, "shop", prod.Kube.Namespace)
+				assert.Equal(t, "prod", prod.Kube.Deployment)
+				assert.Contains(t, s.Environments, "web", "the other built-ins stay")
+			}},
+		{name: "a file switches a built-in gate off explicitly", toml: "[environments.prod]\nmanual = false\n",
+			check: func(t *testing.T, s Settings) {
+				assert.False(t, s.Environments["prod"].Manual)
+				assert.True(t, s.Environments["prod"].Protected)
+			}},
+		{name: "flows replace the defaults as a whole, never by position", toml: "[[flows]]\nname = \"feature\"\nbranch = \"feature/.*\"\nimage_tag = \"dev\"\n",
+			check: func(t *testing.T, s Settings) {
+				require.Len(t, s.Flows, 1)
+				assert.Equal(t, "", s.Flows[0].Environment, "no environment inherited from the first default flow")
+				assert.Empty(t, s.Flows[0].Candidates)
+			}},
+		{name: "stages gain the file's keys", toml: "[stages]\nship = \"deploy\"\n",
+			check: func(t *testing.T, s Settings) {
+				assert.Equal(t, ActionDeploy, s.Stages["ship"])
+				assert.Equal(t, ActionRelease, s.Stages["release"], "the built-in ones stay")
+			}},
+		{name: "bad ports", toml: "[environments.web]\ndriver = \"container\"\n[environments.web.container]\nports = [\"6000:5000:x\"]\n",
+			wantErr: []string{"berth.toml:4: environments.web.container.ports:"}},
+		{name: "bad restart policy", toml: "[environments.web]\n[environments.web.container]\n\nrestart = \"sometimes\"\n",
+			wantErr: []string{`berth.toml:4: environments.web.container.restart: "sometimes" is not a restart policy`}},
+		{name: "negative duration", toml: "[environments.web]\n[environments.web.container]\nhealth_timeout = \"-1s\"\n",
+			wantErr: []string{"berth.toml:3: environments.web.container.health_timeout: must not be negative"}},
+		{name: "zero lock timeout", toml: "[environments.web]\nlock_timeout = \"0s\"\n", check: func(t *testing.T, s Settings) {
+			assert.Equal(t, 10*time.Minute, s.Environments["web"].LockTimeout.D(), "0 is the default")
+		}},
+		{name: "a pattern with refs/ never matches", toml: "[[flows]]\nname = \"m\"\nbranch = \"refs/heads/main\"\nimage_tag = \"latest\"\n",
+			wantErr: []string{`berth.toml:3: flows[0].branch: flow "m": pattern "refs/heads/main" never matches: GitLab names refs without refs/heads/`}},
+		{name: "a pattern that needs a character refs cannot have", toml: "[[flows]]\nname = \"a\"\nbranch = \"main\"\nimage_tag = \"x\"\n[[flows]]\nname = \"b\"\ntag = \"v1 beta\"\nimage_tag = \"x\"\n",
+			wantErr: []string{`berth.toml:7: flows[1].tag: flow "b": pattern "v1 beta" never matches: a git ref name cannot contain " "`}},
+		{name: "a pattern with $ before characters", toml: "[[flows]]\nname = \"a\"\nbranch = \"main$x\"\nimage_tag = \"x\"\n",
+			wantErr: []string{`pattern "main$x" matches nothing`}},
+		{name: "patterns that can match", toml: "[[flows]]\nname = \"a\"\nbranch = \"(feature|fix)/[a-z0-9._-]+\"\nimage_tag = \"x\"\n[[flows]]\nname = \"b\"\ntag = \"^v\\\\d+(\\\\.\\\\d+)*$\"\nimage_tag = \"x\"\n"},
 		{name: "flows replace the defaults, environments get defaults", toml: "[[flows]]\nname = \"all\"\nbranch = \".*\"\nimage_tag = \"{ref}\"\nenvironment = \"web\"\n[environments.web]\ndriver = \"container\"\n[environments.web.container]\nports = [\"127.0.0.1:6000:5000\"]\n",
 			check: func(t *testing.T, s Settings) {
 				require.Len(t, s.Flows, 1)
@@ -107,5 +149,17 @@ func TestParseVolume(t *testing.T) {
 	for _, bad := range []string{"/a", "a:/b", "/a:/b:rx", "/a:/b:ro:x"} {
 		_, err := ParseVolume(bad)
 		assert.Error(t, err, bad)
+	}
+}
+
+func TestAnnotateSaysWhereEachValueComesFrom(t *testing.T) {
+	file := "log_level = \"info\"\n[environments.prod.kube]\nnamespace = \"shop\"\n[build]\nargs = { X = \"1\" }\n"
+	encoded := "log_level = \"info\"\nlog_file = \"\"\n[build]\n  [build.args]\n    X = \"1\"\n[environments.prod]\n  manual = true\n  [environments.prod.kube]\n    namespace = \"shop\"\n    deployment = \"prod\"\n"
+	got := Annotate(encoded, "b.toml", []byte(file))
+	for _, want := range []string{
+		`log_level = "info"  # b.toml:1`, `log_file = ""  # default`, `X = "1"  # b.toml:5`,
+		`manual = true  # default`, `namespace = "shop"  # b.toml:3`, `deployment = "prod"  # default`,
+	} {
+		assert.Contains(t, got, want)
 	}
 }

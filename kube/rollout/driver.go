@@ -40,6 +40,10 @@ const (
 	annJob         = "berth.job"
 	annBy          = "berth.by"
 	annResult      = "berth.result" // on a ReplicaSet that failed or was rolled back from
+	annFlow        = "berth.flow"
+	// annSwitch, on the Deployment while berth rolls out, is the revision
+	// to go back to: a berth killed mid-way leaves it for Recover.
+	annSwitch = "berth.switch"
 	annChangeCause = "kubernetes.io/change-cause"
 	annRevision    = "deployment.kubernetes.io/revision"
 )
@@ -52,7 +56,14 @@ type Driver struct {
 	Out    io.Writer
 	// Poll is how often a rollout is looked at.
 	Poll time.Duration
+	// Pause is called before each step ("deploy:wait"): the test rig's
+	// fault injection. nil does nothing.
+	Pause func(ctx context.Context, step string)
 }
+
+// apiOutageWait is how long a rollout waits for an API server that
+// stopped answering.
+const apiOutageWait = 45 * time.Second
 
 func (d *Driver) poll() time.Duration {
 	if d.Poll == 0 {
@@ -173,6 +184,9 @@ func (d *Driver) Deploy(ctx context.Context, r stages.Release, login *kube.Login
 	}
 	prev := dep.Annotations[annRevision]
 	cause := fmt.Sprintf("berth: %s (%s) from %s, pipeline %d, job %d, by %s", r.Tag, shortDigest(r.Digest), r.Ref, r.Pipeline, r.Job, r.By)
+	if d.Pause != nil {
+		d.Pause(ctx, "deploy:set-image")
+	}
 	err = d.update(ctx, func(dep *appsv1.Deployment) {
 		for _, n := range names {
 			dep.Spec.Template.Spec.Containers[indexOf(dep.Spec.Template.Spec.Containers, n)].Image = r.Image
@@ -182,18 +196,25 @@ func (d *Driver) Deploy(ctx context.Context, r stages.Release, login *kube.Login
 		}
 		setAnnotations(&dep.ObjectMeta, map[string]string{
 			annRef: r.Ref, annTag: r.Tag, annDigest: r.Digest, annPipeline: strconv.FormatInt(r.Pipeline, 10),
-			annJob: strconv.FormatInt(r.Job, 10), annBy: r.By, annChangeCause: cause,
+			annJob: strconv.FormatInt(r.Job, 10), annBy: r.By, annChangeCause: cause, annFlow: r.Flow,
+			annSwitch: prev, // the journal: what to go back to if berth dies mid-way
 		})
 	})
 	if err != nil {
 		return err
 	}
 	d.say("set image of %s to %s", strings.Join(names, ", "), r.Image)
+	if d.Pause != nil {
+		d.Pause(ctx, "deploy:wait")
+	}
 	t := time.Now()
 	failure := d.wait(ctx)
 	if failure == nil {
 		d.say("rolled out in %s", time.Since(t).Round(time.Millisecond))
-		return nil
+		return d.clearSwitch(ctx)
+	}
+	if failure.outage {
+		return executor.Systemf("%s: the Kubernetes API server stopped answering during the rollout of %s (%s): the rollout goes on in the cluster; the next deploy, berth rollback %s or this job's cleanup checks it and undoes it if it cannot succeed", d.Env, r.Tag, failure.reason, d.Env)
 	}
 	d.say("the rollout cannot succeed (%s, after %s): undoing it", failure.reason, time.Since(t).Round(time.Millisecond))
 	if prev == "" {
@@ -303,9 +324,15 @@ func (d *Driver) undo(ctx context.Context, rev, result string) (undone, error) {
 	return d.restore(ctx, target, leaving, result)
 }
 
+// undoTimeout bounds putting a revision back: a cancelled job does not cut
+// it short, and it does not wait forever either.
+func (d *Driver) undoTimeout() time.Duration { return d.Spec.RolloutTimeout.D() + time.Minute }
+
 // restore makes target's template the Deployment's again and waits.
 func (d *Driver) restore(ctx context.Context, target, leaving *appsv1.ReplicaSet, result string) (undone, error) {
-	ctx = context.WithoutCancel(ctx) // the service must be back even if the job is cancelled
+	// the service must be back even if the job is cancelled
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.undoTimeout())
+	defer cancel()
 	err := d.update(ctx, func(dep *appsv1.Deployment) {
 		tpl := target.Spec.Template.DeepCopy()
 		delete(tpl.Labels, appsv1.DefaultDeploymentUniqueLabelKey)
@@ -315,6 +342,7 @@ func (d *Driver) restore(ctx context.Context, target, leaving *appsv1.ReplicaSet
 			ann[k] = target.Annotations[k]
 		}
 		setAnnotations(&dep.ObjectMeta, ann)
+		delete(dep.Annotations, annSwitch)
 	})
 	if err != nil {
 		return undone{}, err
@@ -339,10 +367,12 @@ func imagesOf(t *corev1.PodTemplateSpec) string {
 	return strings.Join(out, ", ")
 }
 
-// failure is why a rollout cannot succeed, with the pods' events.
+// failure is why a rollout cannot succeed, with the pods' events; or,
+// with outage, that the API server stopped answering.
 type failure struct {
 	reason  string
 	details string
+	outage  bool
 }
 
 // stuckReasons are container states that a rollout does not recover from
@@ -360,10 +390,28 @@ func (d *Driver) wait(ctx context.Context) *failure {
 	deadline := time.Now().Add(d.Spec.RolloutTimeout.D())
 	unschedulableSince := map[string]time.Time{}
 	last := ""
+	var down time.Time // since when the API server does not answer
 	for {
 		dep, err := d.Client.AppsV1().Deployments(d.Spec.Namespace).Get(ctx, d.Spec.Deployment, metav1.GetOptions{})
+		if err != nil && ctx.Err() == nil && executor.IsOutage(err) {
+			// an API server that restarts: the rollout goes on in the
+			// cluster, so wait for it to answer again, a while
+			if down.IsZero() {
+				down = time.Now()
+				d.say("the API server does not answer (%v): retrying for %s", err, apiOutageWait)
+			}
+			if time.Since(down) > apiOutageWait {
+				return &failure{reason: "reading " + d.where() + ": " + err.Error(), outage: true}
+			}
+			time.Sleep(time.Second)
+			continue
+		}
 		if err != nil {
 			return &failure{reason: "reading " + d.where() + ": " + err.Error()}
+		}
+		if !down.IsZero() {
+			d.say("the API server answers again after %s", time.Since(down).Round(time.Second))
+			down = time.Time{}
 		}
 		if dep.Status.ObservedGeneration >= dep.Generation {
 			want := int32(1)
@@ -499,4 +547,41 @@ func (d *Driver) Owner(ctx context.Context, claim string) (string, error) {
 		setAnnotations(&dep.ObjectMeta, map[string]string{annOwner: claim})
 	})
 	return owner, err
+}
+
+// clearSwitch removes the journal annotation once a rollout ended.
+func (d *Driver) clearSwitch(ctx context.Context) error {
+	return d.update(context.WithoutCancel(ctx), func(dep *appsv1.Deployment) { delete(dep.Annotations, annSwitch) })
+}
+
+// Recover finishes a rollout that a killed berth left: one that completes
+// stays, one that cannot succeed is undone to the revision before it.
+func (d *Driver) Recover(ctx context.Context) error {
+	dep, err := d.deployment(ctx)
+	if err != nil {
+		return err
+	}
+	prev, ok := dep.Annotations[annSwitch]
+	if !ok {
+		return nil
+	}
+	d.say("a rollout by job %s did not finish: checking it first", dep.Annotations[annJob])
+	f := d.wait(ctx)
+	switch {
+	case f == nil:
+		d.say("it completed: revision %s serves", dep.Annotations[annRevision])
+		return d.clearSwitch(ctx)
+	case f.outage:
+		return executor.Systemf("%s: the API server does not answer: %s", d.Env, f.reason)
+	case prev == "":
+		d.say("it cannot succeed (%s), and there is no earlier revision", f.reason)
+		return d.clearSwitch(ctx)
+	}
+	d.say("it cannot succeed (%s): undoing it", f.reason)
+	back, err := d.undo(ctx, prev, "interrupted")
+	if err != nil {
+		return executor.Systemf("%s: undo the interrupted rollout: %v", d.Env, err)
+	}
+	d.say("revision %s (%s) serves again", back.revision, back.image)
+	return nil
 }

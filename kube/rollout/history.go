@@ -104,7 +104,7 @@ func (d *Driver) History(ctx context.Context) ([]stages.Record, error) {
 func recordOf(rs *appsv1.ReplicaSet, result string) stages.Record {
 	a := rs.Annotations
 	r := stages.Record{Time: rs.CreationTimestamp.Time, Ref: a[annRef], Tag: a[annTag], Digest: a[annDigest], By: a[annBy],
-		Result: result, ID: "revision " + a[annRevision]}
+		Result: result, ID: "revision " + a[annRevision], Flow: a[annFlow]}
 	r.Pipeline, _ = strconv.ParseInt(a[annPipeline], 10, 64)
 	r.Job, _ = strconv.ParseInt(a[annJob], 10, 64)
 	if r.Digest == "" { // a revision berth did not make

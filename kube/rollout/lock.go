@@ -19,12 +19,20 @@ import (
 )
 
 // The deploy lock is a Lease in the workload's namespace, named like the
-// engine lock; its duration runs to the holder job's deadline, past which
-// it is taken over.
+// engine lock. The holder renews it while it works (berth-kube's deploy and
+// rollback do); one not renewed for leaseSeconds (a berth killed, a runner
+// host gone), or past its job's deadline, is taken over.
 const (
 	annLockJob      = "berth.lock.job"
 	annLockPipeline = "berth.lock.pipeline"
 	annLockBy       = "berth.lock.by"
+	annLockDeadline = "berth.lock.deadline"
+	annLockHost     = "berth.lock.host"
+	annLockPID      = "berth.lock.pid"
+
+	leaseSeconds = 60
+	// RenewEvery is how often a holder renews the Lease.
+	RenewEvery = 10 * time.Second
 )
 
 func (d *Driver) leaseName() string { return stages.LockName(d.Env) }
@@ -33,13 +41,12 @@ func (d *Driver) leaseName() string { return stages.LockName(d.Env) }
 func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duration) error {
 	leases := d.Client.CoordinationV1().Leases(d.Spec.Namespace)
 	now := time.Now()
-	secs := int32(time.Until(h.Deadline).Seconds())
-	if secs < 1 {
-		secs = 1
-	}
+	secs := int32(leaseSeconds)
 	lease := &coordinationv1.Lease{
 		ObjectMeta: metav1.ObjectMeta{Name: d.leaseName(), Annotations: map[string]string{
 			annLockJob: strconv.FormatInt(h.Job, 10), annLockPipeline: strconv.FormatInt(h.Pipeline, 10), annLockBy: h.By,
+			annLockDeadline: h.Deadline.UTC().Format(time.RFC3339),
+			annLockHost: h.Host, annLockPID: strconv.Itoa(h.PID),
 		}},
 		Spec: coordinationv1.LeaseSpec{
 			HolderIdentity:       ptr(fmt.Sprintf("job %d of pipeline %d (%s)", h.Job, h.Pipeline, h.By)),
@@ -66,8 +73,8 @@ func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duratio
 			return executor.Systemf("%s: read the deploy lock: %w", d.Env, err)
 		}
 		holder, since := deref(cur.Spec.HolderIdentity), cur.Spec.AcquireTime
-		if since != nil && cur.Spec.LeaseDurationSeconds != nil && time.Now().After(since.Add(time.Duration(*cur.Spec.LeaseDurationSeconds)*time.Second)) {
-			fmt.Fprintf(d.Out, "berth: taking over the lock of %s from %s: its job is over\n", d.Env, holder)
+		if why := staleLease(cur); why != "" {
+			fmt.Fprintf(d.Out, "berth: taking over the lock of %s from %s: %s\n", d.Env, holder, why)
 			_ = leases.Delete(ctx, d.leaseName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &cur.ResourceVersion}})
 			continue
 		}
@@ -108,6 +115,65 @@ func (d *Driver) Unlock(ctx context.Context, h stages.Holder) error {
 		return executor.Systemf("%s: release the deploy lock: %w", d.Env, err)
 	}
 	return nil
+}
+
+// staleLease says why a Lease's holder is gone, or "".
+func staleLease(l *coordinationv1.Lease) string {
+	if d, err := time.Parse(time.RFC3339, l.Annotations[annLockDeadline]); err == nil && time.Now().After(d) {
+		return "its job is over since " + d.Format(time.RFC3339)
+	}
+	if pid, err := strconv.Atoi(l.Annotations[annLockPID]); err == nil && l.Annotations[annLockHost] != "" && l.Annotations[annLockHost] == stages.BootID() && stages.ProcessGone(pid) {
+		return fmt.Sprintf("its berth (pid %d on this host) is gone", pid)
+	}
+	last := l.Spec.RenewTime
+	if last == nil {
+		last = l.Spec.AcquireTime
+	}
+	if last != nil && l.Spec.LeaseDurationSeconds != nil {
+		if gone := time.Since(last.Time); gone > time.Duration(*l.Spec.LeaseDurationSeconds)*time.Second {
+			return fmt.Sprintf("its holder has not renewed it for %s (killed?)", gone.Round(time.Second))
+		}
+	}
+	return ""
+}
+
+// Renew keeps the Lease while job h holds it; it stops when ctx ends.
+func (d *Driver) Renew(ctx context.Context, h stages.Holder) {
+	leases := d.Client.CoordinationV1().Leases(d.Spec.Namespace)
+	t := time.NewTicker(RenewEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cur, err := leases.Get(ctx, d.leaseName(), metav1.GetOptions{})
+		if err != nil || cur.Annotations[annLockJob] != strconv.FormatInt(h.Job, 10) {
+			continue
+		}
+		cur.Spec.RenewTime = &metav1.MicroTime{Time: time.Now()}
+		_, _ = leases.Update(ctx, cur, metav1.UpdateOptions{})
+	}
+}
+
+// RecoverHeld is Recover for job: when it still holds the Lease (killed
+// mid-way), its rollout is put right and the Lease released.
+func (d *Driver) RecoverHeld(ctx context.Context, h stages.Holder) error {
+	cur, err := d.Client.CoordinationV1().Leases(d.Spec.Namespace).Get(ctx, d.leaseName(), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return executor.Systemf("%s: read the deploy lock: %w", d.Env, err)
+	}
+	if cur.Annotations[annLockJob] != strconv.FormatInt(h.Job, 10) {
+		return nil
+	}
+	if err := d.Recover(ctx); err != nil {
+		return err
+	}
+	return d.Unlock(ctx, h)
 }
 
 func ptr[T any](v T) *T { return &v }
