@@ -97,8 +97,8 @@ type Entry struct {
 
 // Results a version can have.
 const (
-	ResultServing  = "serving"
-	ResultReplaced = "replaced"
+	ResultServing     = "serving"
+	ResultReplaced    = "replaced"
 	ResultFailed      = "failed, previous restored"
 	ResultInterrupted = "interrupted, previous restored"
 )

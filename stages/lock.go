@@ -40,9 +40,9 @@ type LockEngine = LedgerEngine
 // SIGKILL, a runner host that died) is taken over, as is one past its
 // job's deadline.
 const (
-	lockBeat   = 5 * time.Second
-	lockStale  = 30 * time.Second
-	beatFile   = "heartbeat"
+	lockBeat  = 5 * time.Second
+	lockStale = 30 * time.Second
+	beatFile  = "heartbeat"
 )
 
 // EngineLock takes an environment's lock on a Docker engine: creating a

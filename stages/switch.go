@@ -317,7 +317,7 @@ func (d *ContainerDriver) Rollback(ctx context.Context, to, by string) (Record, 
 	}
 	steps = append(steps,
 		Step{Name: "rename-target",
-			Do: func(ctx context.Context) error { return d.Engine.ContainerRename(ctx, target.ID, name) },
+			Do:   func(ctx context.Context) error { return d.Engine.ContainerRename(ctx, target.ID, name) },
 			Undo: func(ctx context.Context) error { return d.renameTo(ctx, target.ID, sw.ToName) }},
 		Step{Name: "start-target",
 			Do: func(ctx context.Context) error {

@@ -138,7 +138,9 @@ func TestE2EAPIServerStoppedDuringARollout(t *testing.T) {
 	name := fmt.Sprintf("berth-e2e-apidown-%d", time.Now().UnixNano()%1e8)
 	image := "127.0.0.1:5000/berth-e2e/" + name
 	kc("create", "namespace", name)
-	t.Cleanup(func() { _ = exec.Command(kubectl, "--kubeconfig", kubeconfig, "delete", "namespace", name, "--wait=false").Run() })
+	t.Cleanup(func() {
+		_ = exec.Command(kubectl, "--kubeconfig", kubeconfig, "delete", "namespace", name, "--wait=false").Run()
+	})
 	require.Eventually(t, func() bool {
 		return exec.Command(kubectl, "--kubeconfig", kubeconfig, "-n", name, "get", "serviceaccount", "default").Run() == nil
 	}, 30*time.Second, 200*time.Millisecond)

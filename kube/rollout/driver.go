@@ -33,17 +33,17 @@ import (
 // Annotations on the Deployment, which the deployment controller copies to
 // the ReplicaSet of each revision: the history lives there.
 const (
-	annRef         = "berth.ref"
-	annTag         = "berth.tag"
-	annDigest      = "berth.digest"
-	annPipeline    = "berth.pipeline"
-	annJob         = "berth.job"
-	annBy          = "berth.by"
-	annResult      = "berth.result" // on a ReplicaSet that failed or was rolled back from
-	annFlow        = "berth.flow"
+	annRef      = "berth.ref"
+	annTag      = "berth.tag"
+	annDigest   = "berth.digest"
+	annPipeline = "berth.pipeline"
+	annJob      = "berth.job"
+	annBy       = "berth.by"
+	annResult   = "berth.result" // on a ReplicaSet that failed or was rolled back from
+	annFlow     = "berth.flow"
 	// annSwitch, on the Deployment while berth rolls out, is the revision
 	// to go back to: a berth killed mid-way leaves it for Recover.
-	annSwitch = "berth.switch"
+	annSwitch      = "berth.switch"
 	annChangeCause = "kubernetes.io/change-cause"
 	annRevision    = "deployment.kubernetes.io/revision"
 )

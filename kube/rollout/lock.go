@@ -46,7 +46,7 @@ func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duratio
 		ObjectMeta: metav1.ObjectMeta{Name: d.leaseName(), Annotations: map[string]string{
 			annLockJob: strconv.FormatInt(h.Job, 10), annLockPipeline: strconv.FormatInt(h.Pipeline, 10), annLockBy: h.By,
 			annLockDeadline: h.Deadline.UTC().Format(time.RFC3339),
-			annLockHost: h.Host, annLockPID: strconv.Itoa(h.PID),
+			annLockHost:     h.Host, annLockPID: strconv.Itoa(h.PID),
 		}},
 		Spec: coordinationv1.LeaseSpec{
 			HolderIdentity:       ptr(fmt.Sprintf("job %d of pipeline %d (%s)", h.Job, h.Pipeline, h.By)),
