@@ -11,7 +11,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/stages"
 )
@@ -129,25 +129,25 @@ func (d *Driver) switchTo(ctx context.Context, led stages.Ledger, next stages.En
 		d.trim(&led)
 		return d.store().Write(ctx, led)
 	}
-	var failure string
+	var why string
 	cancelled := ctx.Err() != nil
 	switch {
 	case cancelled:
-		failure = fmt.Sprintf("the %s was cancelled", kind)
+		why = fmt.Sprintf("the %s was cancelled", kind)
 		next.Result = stages.ResultInterrupted
 	case err != nil:
-		failure = err.Error()
+		why = err.Error()
 		next.Result = stages.ResultInterrupted
 	case res.Class == ClassInvalid:
 		led.Switch = nil
 		if werr := d.store().Write(ctx, led); werr != nil {
 			fmt.Fprintf(d.Out, "berth: warning: %v\n", werr)
 		}
-		return executor.Buildf("%s: %s\nNothing was changed: %s still runs what it ran.", d.Env, res.Error, d.Spec.Project)
+		return failure.Buildf("%s: %s\nNothing was changed: %s still runs what it ran.", d.Env, res.Error, d.Spec.Project)
 	default:
-		failure = res.Error
+		why = res.Error
 		if res.Logs != "" {
-			failure += fmt.Sprintf("\nLast log lines of %s:\n%s", res.Failing, strings.TrimRight(res.Logs, "\n"))
+			why += fmt.Sprintf("\nLast log lines of %s:\n%s", res.Failing, strings.TrimRight(res.Logs, "\n"))
 		}
 		next.Result = stages.ResultFailed
 	}
@@ -159,9 +159,9 @@ func (d *Driver) switchTo(ctx context.Context, led stages.Ledger, next stages.En
 			fmt.Fprintf(d.Out, "berth: warning: %v\n", werr)
 		}
 		if err != nil && !cancelled {
-			return wrap(err, "%s: %s (%s): %s\nnothing ran before, so nothing serves now.", d.Env, d.Spec.Project, what, failure)
+			return wrap(err, "%s: %s (%s): %s\nnothing ran before, so nothing serves now.", d.Env, d.Spec.Project, what, why)
 		}
-		return executor.Buildf("%s: %s (%s) did not come up: %s\nnothing ran before, so nothing serves now.", d.Env, d.Spec.Project, what, failure)
+		return failure.Buildf("%s: %s (%s) did not come up: %s\nnothing ran before, so nothing serves now.", d.Env, d.Spec.Project, what, why)
 	}
 	fmt.Fprintf(d.Out, "berth: %s: %s did not come up; putting %s back\n", d.Env, what, cur.Image)
 	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.undoTimeout())
@@ -174,16 +174,16 @@ func (d *Driver) switchTo(ctx context.Context, led stages.Ledger, next stages.En
 		if werr := d.store().Write(uctx, led); werr != nil { // the journal stays for Recover
 			fmt.Fprintf(d.Out, "berth: warning: %v\n", werr)
 		}
-		return executor.Systemf("%s: %s did not come up (%s), and putting the previous digest back failed too: %v: the next deploy, berth rollback %s or this job's cleanup finishes it", d.Env, what, failure, berr, d.Env)
+		return failure.Systemf("%s: %s did not come up (%s), and putting the previous digest back failed too: %v: the next deploy, berth rollback %s or this job's cleanup finishes it", d.Env, what, why, berr, d.Env)
 	}
 	led.Switch = nil
 	if werr := d.store().Write(uctx, led); werr != nil {
 		fmt.Fprintf(d.Out, "berth: warning: %v\n", werr)
 	}
 	if err != nil && !cancelled {
-		return wrap(err, "%s: %s: %s\nThe previous digest (%s) serves again.", d.Env, what, failure, cur.Image)
+		return wrap(err, "%s: %s: %s\nThe previous digest (%s) serves again.", d.Env, what, why, cur.Image)
 	}
-	return executor.Buildf("%s: %s did not come up: %s\nThe previous digest (%s) serves again.", d.Env, what, failure, cur.Image)
+	return failure.Buildf("%s: %s did not come up: %s\nThe previous digest (%s) serves again.", d.Env, what, why, cur.Image)
 }
 
 // Recover finishes a switch that job, killed, left half done (the previous
@@ -212,7 +212,7 @@ func (d *Driver) recoverSwitch(ctx context.Context, led *stages.Ledger) error {
 			err = res.Err()
 		}
 		if err != nil {
-			return executor.Systemf("%s: put the previous digest (%s) back: %v", d.Env, cur.Image, err)
+			return failure.Systemf("%s: put the previous digest (%s) back: %v", d.Env, cur.Image, err)
 		}
 	}
 	e := sw.Entry
@@ -224,10 +224,10 @@ func (d *Driver) recoverSwitch(ctx context.Context, led *stages.Ledger) error {
 
 // wrap formats an error keeping err's class.
 func wrap(err error, format string, args ...any) error {
-	if executor.ClassOf(err) == executor.BuildFailure {
-		return executor.Buildf(format, args...)
+	if failure.ClassOf(err) == failure.BuildFailure {
+		return failure.Buildf(format, args...)
 	}
-	return executor.Systemf(format, args...)
+	return failure.Systemf(format, args...)
 }
 
 // trim keeps the serving entry and Keep earlier ones.
@@ -255,7 +255,7 @@ func (d *Driver) ledger(ctx context.Context) (stages.Ledger, error) {
 	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
 		filters.Arg("label", labelProject+"="+d.Spec.Project), filters.Arg("label", stages.LabelEnv+"="+d.Env))})
 	if err != nil {
-		return l, executor.Systemf("list the containers of project %s: %w", d.Spec.Project, err)
+		return l, failure.Systemf("list the containers of project %s: %w", d.Spec.Project, err)
 	}
 	if len(list) == 0 {
 		return l, nil
@@ -276,7 +276,7 @@ func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, er
 	}
 	cur, ok := led.Serving()
 	if !ok {
-		return stages.Record{}, executor.Buildf("%s: project %s runs nothing: deploy a version first", d.Env, d.Spec.Project)
+		return stages.Record{}, failure.Buildf("%s: project %s runs nothing: deploy a version first", d.Env, d.Spec.Project)
 	}
 	var target *stages.Entry
 	for i, e := range led.Entries {
@@ -293,7 +293,7 @@ func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, er
 		if to != "" {
 			what = to
 		}
-		return stages.Record{}, executor.Buildf("the history of %s holds no %s to roll back to (berth history %s lists it): deploy it instead", d.Env, what, d.Env)
+		return stages.Record{}, failure.Buildf("the history of %s holds no %s to roll back to (berth history %s lists it): deploy it instead", d.Env, what, d.Env)
 	}
 	if err := stages.PullOnTarget(ctx, d.Engine, d.Creds, d.Out, target.Image); err != nil {
 		return stages.Record{}, err

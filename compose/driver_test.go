@@ -20,8 +20,8 @@ import (
 
 	"github.com/berthci/berth/compose"
 	"github.com/berthci/berth/compose/apply"
-	"github.com/berthci/berth/executor"
 	"github.com/berthci/berth/executor/enginetest"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/stages"
 )
@@ -154,7 +154,7 @@ func TestComposeDeployRollOutAndRollBack(t *testing.T) {
 	broken := release(t, f.c, f.repo, "v3", true)
 	err = f.d.Deploy(ctx, broken)
 	require.Error(t, err)
-	assert.Equal(t, executor.BuildFailure, executor.ClassOf(err))
+	assert.Equal(t, failure.BuildFailure, failure.ClassOf(err))
 	assert.Contains(t, err.Error(), "did not come up")
 	assert.Contains(t, err.Error(), "cannot start: no database", "the failing service's last log lines")
 	assert.Contains(t, err.Error(), "previous digest")

@@ -4,7 +4,7 @@ import (
 	"context"
 	"io"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/stages"
 )
 
@@ -37,7 +37,7 @@ func (r Result) Err() error {
 		return nil
 	}
 	if r.Class == ClassBuild || r.Class == ClassInvalid {
-		return executor.Buildf("%s", r.Error)
+		return failure.Buildf("%s", r.Error)
 	}
-	return executor.Systemf("%s", r.Error)
+	return failure.Systemf("%s", r.Error)
 }

@@ -14,6 +14,8 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/errdefs"
+
+	"github.com/berthci/berth/executor/failure"
 )
 
 // Cleanup removes everything the job created: its containers, its network
@@ -45,7 +47,7 @@ func (e *Executor) Cleanup(ctx context.Context) error {
 		errs = append(errs, removeNetwork(ctx, e.Engine, nw.ID, nw.Name))
 	}
 	if err := errors.Join(errs...); err != nil {
-		return System(err)
+		return failure.System(err)
 	}
 	e.Log.Infof("job %d: cleaned up %d containers, %d networks", e.Job.ID, n, len(nets))
 	return nil

@@ -18,6 +18,7 @@ import (
 
 	"github.com/berthci/berth/executor/api"
 	"github.com/berthci/berth/executor/enginetest"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -73,7 +74,7 @@ func TestPrepareWithMissingImageIsBuildFailure(t *testing.T) {
 	e, out := testExecutor(t, c, testJob(time.Now().UnixNano()%1e9, "127.0.0.1:5000/berth-test/missing:v9"))
 	err := e.Prepare(context.Background())
 	require.Error(t, err)
-	assert.Equal(t, BuildFailure, ClassOf(err))
+	assert.Equal(t, failure.BuildFailure, failure.ClassOf(err))
 	assert.Contains(t, err.Error(), "not found")
 	assert.NotContains(t, out.String()+err.Error(), "glcbt-token-x")
 	require.NoError(t, e.Cleanup(context.Background()))

@@ -1,94 +1,21 @@
 // Package executor implements the custom executor protocol: the job context
-// from the runner's payload, the job's containers, stage routing and the
-// error classes that main turns into exit codes.
+// from the runner's payload, the job's containers, stage routing and how a
+// script's own exit code reaches the runner (failure classes: package
+// failure).
 package executor
 
 import (
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"strconv"
-	"strings"
-	"syscall"
 )
-
-// Class says whose fault a failure is, which decides the exit code.
-type Class int
-
-const (
-	// SystemFailure is the host's fault (engine down, bad operator config);
-	// the runner retries config and prepare and reports runner_system_failure.
-	SystemFailure Class = iota
-	// BuildFailure is the job's fault (its script failed, its image is missing).
-	BuildFailure
-)
-
-// Error carries a class through %w wrapping.
-type Error struct {
-	Class Class
-	Err   error
-}
-
-func (e *Error) Error() string { return e.Err.Error() }
-func (e *Error) Unwrap() error { return e.Err }
-
-// Build marks err as the job's fault.
-func Build(err error) error { return &Error{Class: BuildFailure, Err: err} }
-
-// Buildf is Build(fmt.Errorf(...)).
-func Buildf(format string, args ...any) error { return Build(fmt.Errorf(format, args...)) }
-
-// System marks err as the host's fault.
-func System(err error) error { return &Error{Class: SystemFailure, Err: err} }
-
-// Systemf is System(fmt.Errorf(...)).
-func Systemf(format string, args ...any) error { return System(fmt.Errorf(format, args...)) }
-
-// ClassOf is the class of err; unclassified errors are the host's fault.
-func ClassOf(err error) Class {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Class
-	}
-	return SystemFailure
-}
 
 // ScriptExit is a job script that exited non-zero: a build failure whose code
 // also goes to BUILD_EXIT_CODE_FILE for `allow_failure: exit_codes`.
 type ScriptExit struct{ Code int }
 
 func (e *ScriptExit) Error() string { return fmt.Sprintf("script exited with code %d", e.Code) }
-
-// ExitCodes are the runner's codes for the two classes.
-type ExitCodes struct {
-	Build, System int
-}
-
-// ExitCodesFromEnv reads BUILD_FAILURE_EXIT_CODE and SYSTEM_FAILURE_EXIT_CODE;
-// outside the runner (operator commands) they default to 1 and 2.
-func ExitCodesFromEnv(getenv func(string) string) ExitCodes {
-	codes := ExitCodes{Build: 1, System: 2}
-	if v, err := strconv.Atoi(getenv("BUILD_FAILURE_EXIT_CODE")); err == nil {
-		codes.Build = v
-	}
-	if v, err := strconv.Atoi(getenv("SYSTEM_FAILURE_EXIT_CODE")); err == nil {
-		codes.System = v
-	}
-	return codes
-}
-
-// For maps an error to the process exit code.
-func (c ExitCodes) For(err error) int {
-	if err == nil {
-		return 0
-	}
-	if ClassOf(err) == BuildFailure {
-		return c.Build
-	}
-	return c.System
-}
 
 // WriteBuildExitCode records a script's own exit code where the runner reads
 // it. An empty path (run by hand) is fine.
@@ -113,43 +40,4 @@ func TruncateBuildExitCode(path string) error {
 		return err
 	}
 	return f.Close()
-}
-
-// IsOutage says whether err is a peer that could not be reached or did
-// not answer (a registry, an engine, an ssh target, an API server that is
-// down or restarting), as opposed to one that answered no. An outage is
-// the host's fault, and a retry may help.
-func IsOutage(err error) bool {
-	if err == nil {
-		return false
-	}
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		return true
-	}
-	var oe *net.OpError
-	if errors.As(err, &oe) {
-		return true
-	}
-	for _, errno := range []syscall.Errno{syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.EPIPE, syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.ETIMEDOUT} {
-		if errors.Is(err, errno) {
-			return true
-		}
-	}
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		return true
-	}
-	s := strings.ToLower(err.Error())
-	for _, hint := range []string{
-		"connection refused", "connection reset", "no such host", "i/o timeout", "tls handshake timeout",
-		"cannot connect to the docker daemon", "is the docker daemon running", "eof", "broken pipe",
-		"server misbehaving", "503 service unavailable", "502 bad gateway", "504 gateway timeout",
-		"status code 502", "status code 503", "status code 504", "ssh: connect to host", "connection closed by remote host",
-		"the server is currently unable to handle the request", "context deadline exceeded",
-	} {
-		if strings.Contains(s, hint) {
-			return true
-		}
-	}
-	return false
 }

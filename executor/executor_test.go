@@ -1,7 +1,6 @@
 package executor
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/berthci/berth/executor/api"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -52,16 +52,10 @@ func TestRedactor(t *testing.T) {
 	assert.Equal(t, "x", nilR.String("x"))
 }
 
-func TestExitCodes(t *testing.T) {
-	codes := ExitCodesFromEnv(func(k string) string {
-		return map[string]string{"BUILD_FAILURE_EXIT_CODE": "11", "SYSTEM_FAILURE_EXIT_CODE": "22"}[k]
-	})
-	assert.Equal(t, 0, codes.For(nil))
-	assert.Equal(t, 11, codes.For(Buildf("bad image")))
-	assert.Equal(t, 11, codes.For(fmt.Errorf("wrapped: %w", Build(&ScriptExit{Code: 42}))))
-	assert.Equal(t, 22, codes.For(Systemf("engine down")))
-	assert.Equal(t, 22, codes.For(errors.New("unclassified")), "unclassified errors are the host's fault")
-	assert.Equal(t, ExitCodes{Build: 1, System: 2}, ExitCodesFromEnv(func(string) string { return "" }))
+// A script's own exit code is a build failure, wrapped or not.
+func TestScriptExitIsABuildFailure(t *testing.T) {
+	codes := failure.ExitCodes{Build: 11, System: 22}
+	assert.Equal(t, 11, codes.For(fmt.Errorf("wrapped: %w", failure.Build(&ScriptExit{Code: 42}))))
 }
 
 func TestBuildExitCodeFile(t *testing.T) {
@@ -95,7 +89,7 @@ func TestLoadJob(t *testing.T) {
 
 	_, err = LoadJob("")
 	assert.ErrorContains(t, err, "JOB_RESPONSE_FILE is not set")
-	assert.Equal(t, SystemFailure, ClassOf(err))
+	assert.Equal(t, failure.SystemFailure, failure.ClassOf(err))
 	require.NoError(t, os.WriteFile(f, []byte("{"), 0o600))
 	_, err = LoadJob(f)
 	assert.ErrorContains(t, err, "not valid JSON")
@@ -138,7 +132,7 @@ func TestPullPolicy(t *testing.T) {
 		got, err := e.pullPolicy("img", tt.asked)
 		if tt.wantErr != "" {
 			assert.ErrorContains(t, err, tt.wantErr)
-			assert.Equal(t, BuildFailure, ClassOf(err))
+			assert.Equal(t, failure.BuildFailure, failure.ClassOf(err))
 			continue
 		}
 		require.NoError(t, err)

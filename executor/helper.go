@@ -13,6 +13,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/mount"
 
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -88,7 +89,7 @@ func (e *Executor) createHelper(ctx context.Context, network string) (string, er
 	name := HelperName(e.Job)
 	resp, err := e.Engine.ContainerCreate(ctx, cfg, host, nil, nil, name)
 	if err != nil {
-		return "", Systemf("create the helper container %s from %s: %s (check job.helper_image in berth.toml)", name, img, e.redactErr(err))
+		return "", failure.Systemf("create the helper container %s from %s: %s (check job.helper_image in berth.toml)", name, img, e.redactErr(err))
 	}
 	return resp.ID, nil
 }
@@ -96,7 +97,7 @@ func (e *Executor) createHelper(ctx context.Context, network string) (string, er
 // startHelper starts the helper container.
 func (e *Executor) startHelper(ctx context.Context, id string) error {
 	if err := e.Engine.ContainerStart(ctx, id, container.StartOptions{}); err != nil {
-		return Systemf("start the helper container from %s: %s: job.helper_image needs sh, bash and git", e.Settings.Job.HelperImage, e.redactErr(err))
+		return failure.Systemf("start the helper container from %s: %s: job.helper_image needs sh, bash and git", e.Settings.Job.HelperImage, e.redactErr(err))
 	}
 	return nil
 }

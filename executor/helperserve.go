@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/berthci/berth/executor/failure"
 )
 
 // A stage in the helper container costs a `docker exec` each (runc starts
@@ -163,7 +165,7 @@ func (s streamWriter) Write(p []byte) (int, error) {
 func (e *Executor) runViaHelper(ctx context.Context, script io.Reader, stage string) error {
 	data, err := io.ReadAll(script)
 	if err != nil {
-		return Systemf("read stage script: %w", err)
+		return failure.Systemf("read stage script: %w", err)
 	}
 	sock := HelperSocket(JobDir(e.Settings, e.Job))
 	var c net.Conn
@@ -174,13 +176,13 @@ func (e *Executor) runViaHelper(ctx context.Context, script io.Reader, stage str
 		time.Sleep(20 * time.Millisecond)
 	}
 	if err != nil {
-		return Systemf("reach the helper container for %s: %w (was prepare run, or the container removed?)", stage, err)
+		return failure.Systemf("reach the helper container for %s: %w (was prepare run, or the container removed?)", stage, err)
 	}
 	defer c.Close()
 	var hdr [4]byte
 	binary.BigEndian.PutUint32(hdr[:], uint32(len(data)))
 	if _, err := c.Write(append(hdr[:], data...)); err != nil {
-		return Systemf("send %s to the helper container: %w", stage, err)
+		return failure.Systemf("send %s to the helper container: %w", stage, err)
 	}
 	type result struct {
 		code int
@@ -210,7 +212,7 @@ func (e *Executor) runViaHelper(ctx context.Context, script io.Reader, stage str
 		return errCancelled
 	}
 	if res.err != nil {
-		return Systemf("%s in the helper container: %w", stage, res.err)
+		return failure.Systemf("%s in the helper container: %w", stage, res.err)
 	}
 	if res.code != 0 {
 		return &ScriptExit{Code: res.code}

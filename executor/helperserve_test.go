@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/berthci/berth/executor/api"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -80,6 +81,6 @@ func TestHelperThatIsGoneIsASystemFailure(t *testing.T) {
 	e := New(nil, &s, NewJob(&api.JobResponse{ID: 8}), &bytes.Buffer{}, logrus.New(), "test")
 	err := e.runViaHelper(context.Background(), strings.NewReader("true"), "get_sources")
 	require.Error(t, err)
-	assert.Equal(t, SystemFailure, ClassOf(err))
+	assert.Equal(t, failure.SystemFailure, failure.ClassOf(err))
 	assert.Contains(t, err.Error(), "reach the helper container for get_sources")
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/berthci/berth/executor/api"
+	"github.com/berthci/berth/executor/failure"
 )
 
 // Job is the trusted job context, read from JOB_RESPONSE_FILE only.
@@ -46,18 +47,18 @@ type Job struct {
 // LoadJob reads the payload the runner wrote for this job.
 func LoadJob(path string) (*Job, error) {
 	if path == "" {
-		return nil, Systemf("JOB_RESPONSE_FILE is not set: berth config|prepare|run|cleanup must be started by gitlab-runner's custom executor")
+		return nil, failure.Systemf("JOB_RESPONSE_FILE is not set: berth config|prepare|run|cleanup must be started by gitlab-runner's custom executor")
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, Systemf("read job payload: %w", err)
+		return nil, failure.Systemf("read job payload: %w", err)
 	}
 	var r api.JobResponse
 	if err := json.Unmarshal(data, &r); err != nil {
-		return nil, Systemf("job payload %s is not valid JSON: %w", path, err)
+		return nil, failure.Systemf("job payload %s is not valid JSON: %w", path, err)
 	}
 	if r.ID <= 0 {
-		return nil, Systemf("job payload %s has no job id", path)
+		return nil, failure.Systemf("job payload %s has no job id", path)
 	}
 	return NewJob(&r), nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/docker/docker/errdefs"
 
 	"github.com/berthci/berth/executor/api"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -38,12 +39,12 @@ func (e *Executor) Prepare(ctx context.Context) error {
 	// a native stage runs no script of the job, unless it has after_script
 	needsContainer := e.Native == nil || e.Job.AfterScript
 	if img == "" && needsContainer {
-		return Buildf("the job has no image: and berth.toml sets no job.default_image: add image: to the job in .gitlab-ci.yml")
+		return failure.Buildf("the job has no image: and berth.toml sets no job.default_image: add image: to the job in .gitlab-ci.yml")
 	}
 
 	for _, dir := range []string{JobDir(e.Settings, e.Job), HelperSocketDir(JobDir(e.Settings, e.Job)), CacheDirFor(e.Settings, e.Job)} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return Systemf("create %s on the runner host: %w (check berth.toml builds_dir/cache_dir and their permissions)", dir, err)
+			return failure.Systemf("create %s on the runner host: %w (check berth.toml builds_dir/cache_dir and their permissions)", dir, err)
 		}
 	}
 
@@ -143,7 +144,7 @@ func (e *Executor) createNetwork(ctx context.Context) error {
 	name := NetworkName(e.Job)
 	_, err := e.Engine.NetworkCreate(ctx, name, network.CreateOptions{Driver: "bridge", Labels: e.labels(RoleJob)})
 	if err != nil && !errdefs.IsConflict(err) { // a retried prepare finds its own network
-		return Systemf("create network %s: %w", name, err)
+		return failure.Systemf("create network %s: %w", name, err)
 	}
 	return nil
 }
@@ -176,10 +177,10 @@ func (e *Executor) startService(ctx context.Context, i int, svc api.Image) (serv
 	}}
 	resp, err := e.Engine.ContainerCreate(ctx, cfg, host, netCfg, nil, name)
 	if err != nil {
-		return serviceRef{}, Systemf("create service %s: %s", svc.Name, e.redactErr(err))
+		return serviceRef{}, failure.Systemf("create service %s: %s", svc.Name, e.redactErr(err))
 	}
 	if err := e.Engine.ContainerStart(ctx, resp.ID, container.StartOptions{}); err != nil {
-		return serviceRef{}, Buildf("start service %s: %s: check its entrypoint and command in .gitlab-ci.yml", svc.Name, e.redactErr(err))
+		return serviceRef{}, failure.Buildf("start service %s: %s: check its entrypoint and command in .gitlab-ci.yml", svc.Name, e.redactErr(err))
 	}
 	return serviceRef{id: resp.ID, name: svc.Name, aliases: aliases}, nil
 }
@@ -255,7 +256,7 @@ func (e *Executor) createJobContainer(ctx context.Context, img string) (string, 
 	name := ContainerName(e.Job)
 	resp, err := e.Engine.ContainerCreate(ctx, cfg, host, nil, nil, name)
 	if err != nil {
-		return "", Systemf("create job container %s: %s", name, e.redactErr(err))
+		return "", failure.Systemf("create job container %s: %s", name, e.redactErr(err))
 	}
 	return resp.ID, nil
 }
@@ -265,16 +266,16 @@ func (e *Executor) startJobContainer(ctx context.Context, id, img string) error 
 	name := ContainerName(e.Job)
 	resp := container.CreateResponse{ID: id}
 	if err := e.Engine.ContainerStart(ctx, resp.ID, container.StartOptions{}); err != nil {
-		return Buildf("start job container from %s: %s: the image needs a shell (sh) at its PATH", img, e.redactErr(err))
+		return failure.Buildf("start job container from %s: %s: the image needs a shell (sh) at its PATH", img, e.redactErr(err))
 	}
 	// a shell that is missing or exits at once shows up only after start
 	time.Sleep(50 * time.Millisecond)
 	ins, err := e.Engine.ContainerInspect(ctx, resp.ID)
 	if err != nil {
-		return Systemf("inspect job container %s: %w", name, err)
+		return failure.Systemf("inspect job container %s: %w", name, err)
 	}
 	if !ins.State.Running {
-		return Buildf("job container from %s exited at start (exit code %d): the image needs a shell (sh) that berth can keep running", img, ins.State.ExitCode)
+		return failure.Buildf("job container from %s exited at start (exit code %d): the image needs a shell (sh) that berth can keep running", img, ins.State.ExitCode)
 	}
 	return nil
 }

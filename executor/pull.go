@@ -15,6 +15,7 @@ import (
 	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/errdefs"
 
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -29,7 +30,7 @@ func (e *Executor) pullPolicy(img string, asked []string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", Buildf("image %s asks for pull_policy %v, but this runner allows only %v (job.allowed_pull_policies in berth.toml): change pull_policy in .gitlab-ci.yml",
+	return "", failure.Buildf("image %s asks for pull_policy %v, but this runner allows only %v (job.allowed_pull_policies in berth.toml): change pull_policy in .gitlab-ci.yml",
 		img, asked, e.Settings.Job.AllowedPullPolicies)
 }
 
@@ -37,7 +38,7 @@ func (e *Executor) pullPolicy(img string, asked []string) (string, error) {
 // reports whether it pulled.
 func (e *Executor) ensureImage(ctx context.Context, ref, policy string) (bool, error) {
 	if _, err := reference.ParseNormalizedNamed(ref); err != nil {
-		return false, Buildf("image %q is not a valid image reference: %v: fix image: in .gitlab-ci.yml", ref, err)
+		return false, failure.Buildf("image %q is not a valid image reference: %v: fix image: in .gitlab-ci.yml", ref, err)
 	}
 	if policy != settings.PullAlways {
 		_, err := e.Engine.ImageInspect(ctx, ref)
@@ -45,10 +46,10 @@ func (e *Executor) ensureImage(ctx context.Context, ref, policy string) (bool, e
 			return false, nil
 		}
 		if !errdefs.IsNotFound(err) {
-			return false, Systemf("inspect image %s: %w", ref, err)
+			return false, failure.Systemf("inspect image %s: %w", ref, err)
 		}
 		if policy == settings.PullNever {
-			return false, Buildf("image %s is not on the engine and the pull policy is never: build or pull it on the runner host first, or change pull_policy", ref)
+			return false, failure.Buildf("image %s is not on the engine and the pull policy is never: build or pull it on the runner host first, or change pull_policy", ref)
 		}
 	}
 	return true, e.pull(ctx, ref)
@@ -67,7 +68,7 @@ func (e *Executor) ensureHelperImage() error {
 	}
 	t := e.Now()
 	if err := e.pullWith(ctx, ref, ""); err != nil {
-		return Systemf("helper image: %v (set job.helper_image in berth.toml to an image with git and bash that this engine can pull)", err)
+		return failure.Systemf("helper image: %v (set job.helper_image in berth.toml to an image with git and bash that this engine can pull)", err)
 	}
 	e.stepf("berth: helper image %s pulled (%s)", ref, since(t))
 	return nil
@@ -76,7 +77,7 @@ func (e *Executor) ensureHelperImage() error {
 func (e *Executor) pull(ctx context.Context, ref string) error {
 	auth, err := e.registryAuth(ref)
 	if err != nil {
-		return Systemf("encode registry credentials for %s: %w", ref, err)
+		return failure.Systemf("encode registry credentials for %s: %w", ref, err)
 	}
 	return e.pullWith(ctx, ref, auth)
 }
@@ -99,9 +100,9 @@ func (e *Executor) pullWith(ctx context.Context, ref, auth string) error {
 	}
 	msg := strings.TrimPrefix(e.redactErr(err), "Error response from daemon: ")
 	if isMissingImage(err) {
-		return Buildf("image %s not found (%s): check the image name and tag in .gitlab-ci.yml, and that the registry has it", ref, msg)
+		return failure.Buildf("image %s not found (%s): check the image name and tag in .gitlab-ci.yml, and that the registry has it", ref, msg)
 	}
-	return Systemf("pull image %s: %s", ref, msg)
+	return failure.Systemf("pull image %s: %s", ref, msg)
 }
 
 // ReadProgress reads the engine's progress messages to the end: a failed

@@ -9,6 +9,8 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/berthci/berth/executor/failure"
 )
 
 // detectShell runs the script with bash where the image has it, else sh.
@@ -23,7 +25,7 @@ const detectShell = `if [ -x /usr/local/bin/bash ]; then exec /usr/local/bin/bas
 // after_script and cleanup.
 func (e *Executor) Run(ctx context.Context, script, stage, exitCodeFile string) error {
 	if err := TruncateBuildExitCode(exitCodeFile); err != nil {
-		return Systemf("truncate BUILD_EXIT_CODE_FILE: %w", err)
+		return failure.Systemf("truncate BUILD_EXIT_CODE_FILE: %w", err)
 	}
 	var err error
 	switch {
@@ -39,9 +41,9 @@ func (e *Executor) Run(ctx context.Context, script, stage, exitCodeFile string) 
 	var se *ScriptExit
 	if errors.As(err, &se) {
 		if werr := WriteBuildExitCode(exitCodeFile, se.Code); werr != nil {
-			return Systemf("write BUILD_EXIT_CODE_FILE: %w", werr)
+			return failure.Systemf("write BUILD_EXIT_CODE_FILE: %w", werr)
 		}
-		return Build(err)
+		return failure.Build(err)
 	}
 	return err
 }
@@ -50,21 +52,21 @@ func (e *Executor) Run(ctx context.Context, script, stage, exitCodeFile string) 
 func (e *Executor) runHelperStage(ctx context.Context, scriptPath, stage string) error {
 	f, err := os.Open(scriptPath)
 	if err != nil {
-		return Systemf("open stage script: %w", err)
+		return failure.Systemf("open stage script: %w", err)
 	}
 	defer f.Close()
 	return e.runViaHelper(ctx, f, stage)
 }
 
 // errCancelled is the build failure of a stage stopped by SIGTERM.
-var errCancelled = Buildf("job cancelled: the script was stopped")
+var errCancelled = failure.Buildf("job cancelled: the script was stopped")
 
 // runIn streams the stage's script into a shell in the named container
 // (the job's, or its helper) and waits for it.
 func (e *Executor) runIn(ctx context.Context, name, scriptPath, stage string) error {
 	f, err := os.Open(scriptPath)
 	if err != nil {
-		return Systemf("open stage script: %w", err)
+		return failure.Systemf("open stage script: %w", err)
 	}
 	defer f.Close()
 	if name == ContainerName(e.Job) {
@@ -82,11 +84,11 @@ func (e *Executor) runIn(ctx context.Context, name, scriptPath, stage string) er
 		WorkingDir:   JobDir(e.Settings, e.Job),
 	})
 	if err != nil {
-		return Systemf("start %s in container %s: %w (was prepare run, or the container removed?)", stage, name, err)
+		return failure.Systemf("start %s in container %s: %w (was prepare run, or the container removed?)", stage, name, err)
 	}
 	hj, err := e.Engine.ContainerExecAttach(bg, ex.ID, container.ExecAttachOptions{})
 	if err != nil {
-		return Systemf("attach to %s in container %s: %w", stage, name, err)
+		return failure.Systemf("attach to %s in container %s: %w", stage, name, err)
 	}
 	defer hj.Close()
 	go func() {
@@ -106,11 +108,11 @@ func (e *Executor) runIn(ctx context.Context, name, scriptPath, stage string) er
 		return errCancelled
 	}
 	if err != nil {
-		return Systemf("read output of %s: %w", stage, err)
+		return failure.Systemf("read output of %s: %w", stage, err)
 	}
 	ins, err := e.Engine.ContainerExecInspect(bg, ex.ID)
 	if err != nil {
-		return Systemf("read exit code of %s: %w", stage, err)
+		return failure.Systemf("read exit code of %s: %w", stage, err)
 	}
 	if ins.ExitCode != 0 {
 		return &ScriptExit{Code: ins.ExitCode}

@@ -13,6 +13,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -65,7 +66,7 @@ func (s *Sweeper) Sweep(ctx context.Context, opts SweepOptions) (SweepResult, er
 	}
 	list, err := s.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
 	if err != nil {
-		return res, Systemf("list job containers: %w", err)
+		return res, failure.Systemf("list job containers: %w", err)
 	}
 	live := map[string]bool{} // jobs that still have a container we keep
 	jobs := map[string]bool{} // jobs that had anything on the engine
@@ -123,7 +124,7 @@ func (s *Sweeper) Sweep(ctx context.Context, opts SweepOptions) (SweepResult, er
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return res, System(err)
+		return res, failure.System(err)
 	}
 	return res, nil
 }

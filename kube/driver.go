@@ -14,7 +14,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/stages"
 )
@@ -70,9 +70,9 @@ func (r Result) Err() error {
 	case r.Error == "":
 		return nil
 	case r.Class == "build":
-		return executor.Buildf("%s", r.Error)
+		return failure.Buildf("%s", r.Error)
 	default:
-		return executor.Systemf("%s", r.Error)
+		return failure.Systemf("%s", r.Error)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/docker/go-connections/nat"
 
 	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -70,7 +71,7 @@ func (d *ContainerDriver) anchorImage(ctx context.Context) (ref, why string, err
 	}
 	v, err := d.Engine.ServerVersion(ctx)
 	if err != nil {
-		return "", "", executor.Systemf("ask the target engine its version: %w", err)
+		return "", "", failure.Systemf("ask the target engine its version: %w", err)
 	}
 	if v.Os != "linux" || v.Arch != runtime.GOARCH {
 		return "", fmt.Sprintf("the target is %s/%s, berth is linux/%s", v.Os, v.Arch, runtime.GOARCH), nil
@@ -81,12 +82,12 @@ func (d *ContainerDriver) anchorImage(ctx context.Context) (ref, why string, err
 	}
 	f, err := os.Open(d.AnchorBinary)
 	if err != nil {
-		return "", "", executor.Systemf("read berth's binary for the anchor image: %w", err)
+		return "", "", failure.Systemf("read berth's binary for the anchor image: %w", err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return "", "", executor.Systemf("read berth's binary for the anchor image: %w", err)
+		return "", "", failure.Systemf("read berth's binary for the anchor image: %w", err)
 	}
 	pr, pw := io.Pipe()
 	go func() {
@@ -107,7 +108,7 @@ func (d *ContainerDriver) anchorImage(ctx context.Context) (ref, why string, err
 		err = drain(rc)
 	}
 	if err != nil {
-		return "", "", executor.Systemf("import the anchor image %s on the target: %w", ref, err)
+		return "", "", failure.Systemf("import the anchor image %s on the target: %w", ref, err)
 	}
 	return ref, "", nil
 }
@@ -128,12 +129,12 @@ func staticBinarySum(path string) (sum, why string, err error) {
 	ef.Close()
 	f, err := os.Open(path)
 	if err != nil {
-		return "", "", executor.Systemf("read berth's binary: %w", err)
+		return "", "", failure.Systemf("read berth's binary: %w", err)
 	}
 	defer f.Close()
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		return "", "", executor.Systemf("read berth's binary: %w", err)
+		return "", "", failure.Systemf("read berth's binary: %w", err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), "", nil
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/docker/go-connections/nat"
 
 	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -106,7 +107,7 @@ func (d *ContainerDriver) createAnchor(ctx context.Context, ref string, rc rende
 	cfg, host, netCfg := d.anchorConfig(ref, rc.exposed, rc.bindings)
 	a, err := d.Engine.ContainerCreate(ctx, cfg, host, netCfg, nil, tmp)
 	if err != nil {
-		return "", executor.Buildf("create the anchor %s: %v: check ports and networks of [environments.%s.container] in berth.toml", AnchorName(d.Spec.Name), err, d.Env)
+		return "", failure.Buildf("create the anchor %s: %v: check ports and networks of [environments.%s.container] in berth.toml", AnchorName(d.Spec.Name), err, d.Env)
 	}
 	return a.ID, nil
 }
@@ -118,14 +119,14 @@ func (d *ContainerDriver) startAnchor(ctx context.Context, newAnchor string, anc
 	switch {
 	case newAnchor != "":
 		if err := d.Engine.ContainerRename(ctx, newAnchor, name); err != nil {
-			return executor.Systemf("rename the new anchor to %s: %w", name, err)
+			return failure.Systemf("rename the new anchor to %s: %w", name, err)
 		}
 		if err := d.Engine.ContainerStart(ctx, newAnchor, container.StartOptions{}); err != nil {
-			return executor.Buildf("start the anchor %s, which publishes %s: %v: is a port taken by something else?", name, strings.Join(d.Spec.Ports, ", "), err)
+			return failure.Buildf("start the anchor %s, which publishes %s: %v: is a port taken by something else?", name, strings.Join(d.Spec.Ports, ", "), err)
 		}
 	case keep && !anc.State.Running:
 		if err := d.Engine.ContainerStart(ctx, anc.ID, container.StartOptions{}); err != nil {
-			return executor.Systemf("start the anchor %s: %w", name, err)
+			return failure.Systemf("start the anchor %s: %w", name, err)
 		}
 	}
 	return nil
@@ -154,7 +155,7 @@ func (d *ContainerDriver) inspect(ctx context.Context, name string) (container.I
 		return c, false, nil
 	}
 	if err != nil {
-		return c, false, executor.Systemf("inspect container %s: %w", name, err)
+		return c, false, failure.Systemf("inspect container %s: %w", name, err)
 	}
 	return c, true, nil
 }
@@ -162,7 +163,7 @@ func (d *ContainerDriver) inspect(ctx context.Context, name string) (container.I
 func (d *ContainerDriver) stop(ctx context.Context, id string) error {
 	secs := int(d.Spec.StopTimeout.D().Seconds())
 	if err := d.Engine.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs}); err != nil && !errdefs.IsNotFound(err) {
-		return executor.Systemf("stop container %s: %w", id[:12], err)
+		return failure.Systemf("stop container %s: %w", id[:12], err)
 	}
 	return nil
 }
@@ -190,13 +191,13 @@ func PullOnTarget(ctx context.Context, eng Puller, creds *Credentials, out io.Wr
 		if err == nil {
 			err = drain(rc)
 		}
-		if err != nil && !executor.IsOutage(err) {
+		if err != nil && !failure.IsOutage(err) {
 			return permanent{err}
 		}
 		return err
 	})
 	if err != nil {
-		return executor.Systemf("pull %s on the target: %v", ref, unwrapPermanent(err))
+		return failure.Systemf("pull %s on the target: %v", ref, unwrapPermanent(err))
 	}
 	return nil
 }
@@ -241,7 +242,7 @@ func (d *ContainerDriver) render(r Release, old container.InspectResponse, hasOl
 	if s.EnvFile != "" {
 		fileEnv, err := readEnvFile(s.EnvFile)
 		if err != nil {
-			return rendered{}, executor.Systemf("environments.%s.container.env_file: %w", d.Env, err)
+			return rendered{}, failure.Systemf("environments.%s.container.env_file: %w", d.Env, err)
 		}
 		env = append(fileEnv, env...)
 	}
@@ -261,13 +262,13 @@ func (d *ContainerDriver) render(r Release, old container.InspectResponse, hasOl
 	}
 	exposed, bindings, err := nat.ParsePortSpecs(s.Ports)
 	if err != nil {
-		return rendered{}, executor.Systemf("environments.%s.container.ports: %w", d.Env, err)
+		return rendered{}, failure.Systemf("environments.%s.container.ports: %w", d.Env, err)
 	}
 	var mounts []mount.Mount
 	for _, v := range s.Volumes {
 		m, err := parseMount(v)
 		if err != nil {
-			return rendered{}, executor.Systemf("environments.%s.container.volumes: %w", d.Env, err)
+			return rendered{}, failure.Systemf("environments.%s.container.volumes: %w", d.Env, err)
 		}
 		mounts = append(mounts, m)
 	}
@@ -452,7 +453,7 @@ func (d *ContainerDriver) ledger(ctx context.Context) (Ledger, error) {
 	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
 		filters.Arg("label", LabelEnv+"="+d.Env), filters.Arg("name", "^/"+d.Spec.Name))})
 	if err != nil {
-		return l, executor.Systemf("list containers of %s: %w", d.Env, err)
+		return l, failure.Systemf("list containers of %s: %w", d.Env, err)
 	}
 	keptRe := regexp.MustCompile("^" + regexp.QuoteMeta(d.Spec.Name) + "(-[0-9a-f]{12}(-.+)?)?$")
 	for _, c := range list {
@@ -509,7 +510,7 @@ func adoptedEntry(c container.InspectResponse) Entry {
 func (d *ContainerDriver) kept(ctx context.Context, l Ledger) ([]container.Summary, []Entry, error) {
 	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", "^/"+d.Spec.Name+"-"))})
 	if err != nil {
-		return nil, nil, executor.Systemf("list containers of %s: %w", d.Env, err)
+		return nil, nil, failure.Systemf("list containers of %s: %w", d.Env, err)
 	}
 	byID := map[string]container.Summary{}
 	for _, c := range list {
@@ -538,7 +539,7 @@ func (d *ContainerDriver) prune(ctx context.Context, l Ledger) error {
 			continue
 		}
 		if err := d.Engine.ContainerRemove(ctx, c.ID, container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
-			return executor.Systemf("remove old container %s: %w", containerName(c), err)
+			return failure.Systemf("remove old container %s: %w", containerName(c), err)
 		}
 		gone[c.ID] = true
 	}
@@ -622,7 +623,7 @@ func (d *ContainerDriver) History(ctx context.Context) ([]Record, error) {
 	}
 	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", "^/"+d.Spec.Name))})
 	if err != nil {
-		return nil, executor.Systemf("list containers of %s: %w", d.Env, err)
+		return nil, failure.Systemf("list containers of %s: %w", d.Env, err)
 	}
 	byID := map[string]container.Summary{}
 	for _, c := range list {

@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -168,7 +169,7 @@ func TestUnhealthyDeployRestoresTheOldVersion(t *testing.T) {
 
 	err := d.Deploy(ctx, appImage(t, c, repo, "latest", "bad", false))
 	require.Error(t, err)
-	assert.Equal(t, executor.BuildFailure, executor.ClassOf(err))
+	assert.Equal(t, failure.BuildFailure, failure.ClassOf(err))
 	assert.Contains(t, err.Error(), "did not become healthy")
 	assert.Contains(t, err.Error(), "previous container serves again")
 	assert.Equal(t, "app good", get(t, "http://127.0.0.1:16001/"))

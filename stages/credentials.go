@@ -8,7 +8,7 @@ import (
 	"github.com/docker/cli/cli/config"
 	"github.com/docker/docker/api/types/registry"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 )
 
 // Credentials find a registry login, in order: the TOML, the payload's
@@ -51,7 +51,7 @@ func DockerConfigFile(host string) (registry.AuthConfig, bool) {
 func (c *Credentials) For(ref string) (registry.AuthConfig, string, error) {
 	named, err := reference.ParseNormalizedNamed(ref)
 	if err != nil {
-		return registry.AuthConfig{}, "", executor.Buildf("image %q is not a valid reference: %v", ref, err)
+		return registry.AuthConfig{}, "", failure.Buildf("image %q is not a valid reference: %v", ref, err)
 	}
 	host, repo := reference.Domain(named), reference.Path(named)
 	project := strings.ToLower(c.JobProject)
@@ -77,7 +77,7 @@ func (c *Credentials) Encoded(ref string) (string, string, error) {
 	}
 	enc, err := registry.EncodeAuthConfig(a) // the engine wants the header even when empty
 	if err != nil {
-		return "", "", executor.Systemf("encode registry credentials: %w", err)
+		return "", "", failure.Systemf("encode registry credentials: %w", err)
 	}
 	return enc, source, nil
 }

@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 )
 
 // Drivers that link a heavy library (docker compose, client-go) run it in a
@@ -28,7 +28,7 @@ func FindHelper(name string) (string, error) {
 	}
 	p, err := exec.LookPath(name)
 	if err != nil {
-		return "", executor.Systemf("%s is needed next to berth or on PATH (make build builds it): %w", name, err)
+		return "", failure.Systemf("%s is needed next to berth or on PATH (make build builds it): %w", name, err)
 	}
 	return p, nil
 }
@@ -50,7 +50,7 @@ func RunHelper(ctx context.Context, path string, req, res any, log io.Writer) er
 	cmd.Env = HelperEnv(os.Environ())
 	runErr := cmd.Run()
 	if err := json.Unmarshal(stdout.Bytes(), res); err != nil {
-		return executor.Systemf("%s failed (%v) without an answer: see the lines above", filepath.Base(path), runErr)
+		return failure.Systemf("%s failed (%v) without an answer: see the lines above", filepath.Base(path), runErr)
 	}
 	return nil
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/image"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 )
 
 // ImageEngine is the part of the Engine API that builds and pushes.
@@ -59,7 +59,7 @@ func (im *Images) Build(ctx context.Context, o BuildOptions) (string, error) {
 	}
 	ctxTar, err := tarContext(o.Dir, o.Dockerfile)
 	if err != nil {
-		return "", executor.Buildf("build context %s: %w", o.Dir, err)
+		return "", failure.Buildf("build context %s: %w", o.Dir, err)
 	}
 	defer ctxTar.Close()
 	args := map[string]*string{}
@@ -76,7 +76,7 @@ func (im *Images) Build(ctx context.Context, o BuildOptions) (string, error) {
 		ForceRemove: true,
 	})
 	if err != nil {
-		return "", executor.Systemf("start build: %w", err)
+		return "", failure.Systemf("start build: %w", err)
 	}
 	defer resp.Body.Close()
 	return im.readBuild(resp.Body)
@@ -87,21 +87,21 @@ func (im *Images) Build(ctx context.Context, o BuildOptions) (string, error) {
 // sources are the job's, the rest of the host is not.
 func insideDir(dir, rel, what string) (string, error) {
 	if filepath.IsAbs(rel) || strings.HasPrefix(filepath.Clean(rel), "..") {
-		return "", executor.Buildf("%s %q must be a path inside %s", what, rel, dir)
+		return "", failure.Buildf("%s %q must be a path inside %s", what, rel, dir)
 	}
 	root, err := filepath.EvalSymlinks(dir)
 	if err != nil {
-		return "", executor.Buildf("%s: %v", what, err)
+		return "", failure.Buildf("%s: %v", what, err)
 	}
 	p, err := filepath.EvalSymlinks(filepath.Join(dir, rel))
 	if errors.Is(err, fs.ErrNotExist) {
-		return "", executor.Buildf("%s %q does not exist in %s: check [build] in berth.toml or the job's BERTH_ variables", what, rel, dir)
+		return "", failure.Buildf("%s %q does not exist in %s: check [build] in berth.toml or the job's BERTH_ variables", what, rel, dir)
 	}
 	if err != nil {
-		return "", executor.Buildf("%s %q: %v", what, rel, err)
+		return "", failure.Buildf("%s %q: %v", what, rel, err)
 	}
 	if r, err := filepath.Rel(root, p); err != nil || r == ".." || strings.HasPrefix(r, "../") {
-		return "", executor.Buildf("%s %q must be a path inside %s: it leads to %s through a symlink", what, rel, dir, p)
+		return "", failure.Buildf("%s %q must be a path inside %s: it leads to %s through a symlink", what, rel, dir, p)
 	}
 	return p, nil
 }
@@ -126,7 +126,7 @@ func (im *Images) readBuild(r io.Reader) (string, error) {
 		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
 			break
 		} else if err != nil {
-			return "", executor.Systemf("read build output: %w", err)
+			return "", failure.Systemf("read build output: %w", err)
 		}
 		switch {
 		case m.Error != "":
@@ -135,9 +135,9 @@ func (im *Images) readBuild(r io.Reader) (string, error) {
 				step = lastStep
 			}
 			if step != "" {
-				return "", executor.Buildf("build failed at step %q: %s", step, m.Error)
+				return "", failure.Buildf("build failed at step %q: %s", step, m.Error)
 			}
-			return "", executor.Buildf("build failed: %s", m.Error)
+			return "", failure.Buildf("build failed: %s", m.Error)
 		case m.ID == "moby.buildkit.trace":
 			vs, err := decodeTrace(m.Aux)
 			if err != nil {
@@ -167,7 +167,7 @@ func (im *Images) readBuild(r io.Reader) (string, error) {
 		}
 	}
 	if imageID == "" {
-		return "", executor.Systemf("build ended without an image id")
+		return "", failure.Systemf("build ended without an image id")
 	}
 	return imageID, nil
 }
@@ -241,10 +241,10 @@ func withRetries(ctx context.Context, retries int, sleep func(time.Duration), ou
 // a tag or repository that is not there, the job's.
 func registryFault(err error, format string, args ...any) error {
 	s := strings.ToLower(err.Error())
-	if executor.IsOutage(err) || strings.Contains(s, "unauthorized") || strings.Contains(s, "denied") || strings.Contains(s, "authentication required") {
-		return executor.Systemf(format, args...)
+	if failure.IsOutage(err) || strings.Contains(s, "unauthorized") || strings.Contains(s, "denied") || strings.Contains(s, "authentication required") {
+		return failure.Systemf(format, args...)
 	}
-	return executor.Buildf(format, args...)
+	return failure.Buildf(format, args...)
 }
 
 // transient says whether a registry error may go away on its own.

@@ -8,7 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 )
 
 func TestBuildStampsLabelsAndPushRecordsDigest(t *testing.T) {
@@ -49,7 +49,7 @@ func TestFailedBuildQuotesTheStep(t *testing.T) {
 	dir := sourceDir(t, map[string]string{"Dockerfile": "FROM busybox:local\nRUN echo fine\nRUN exit 3\n"})
 	_, err := im.Build(context.Background(), BuildOptions{Dir: dir, Dockerfile: "Dockerfile", Tags: []string{unique("berth-test-fail:")}})
 	require.Error(t, err)
-	assert.Equal(t, executor.BuildFailure, executor.ClassOf(err))
+	assert.Equal(t, failure.BuildFailure, failure.ClassOf(err))
 	assert.Contains(t, err.Error(), "RUN exit 3")
 	assert.Contains(t, err.Error(), "exit code: 3")
 }

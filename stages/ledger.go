@@ -15,7 +15,7 @@ import (
 	"github.com/docker/docker/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 )
 
 // The ledger is an environment's record on its target engine, written by
@@ -183,7 +183,7 @@ func EnsureEmptyImage(ctx context.Context, eng LedgerEngine) error {
 		err = drain(rc)
 	}
 	if err != nil {
-		return executor.Systemf("import berth's empty image %s on the target: %w", EmptyImage, err)
+		return failure.Systemf("import berth's empty image %s on the target: %w", EmptyImage, err)
 	}
 	return nil
 }
@@ -197,25 +197,25 @@ func ReadLedger(ctx context.Context, eng LedgerEngine, env, key string) (l Ledge
 		return Ledger{Env: env, Key: key}, false, nil
 	}
 	if err != nil {
-		return Ledger{}, false, executor.Systemf("read the ledger of %s: %w", env, err)
+		return Ledger{}, false, failure.Systemf("read the ledger of %s: %w", env, err)
 	}
 	if ins.Config == nil || ins.Config.Labels[LabelLedger] != key {
-		return Ledger{}, false, executor.Systemf("a container named %s that berth did not make stands where %s's ledger belongs: remove it (docker rm %s)", name, env, name)
+		return Ledger{}, false, failure.Systemf("a container named %s that berth did not make stands where %s's ledger belongs: remove it (docker rm %s)", name, env, name)
 	}
 	rc, _, err := eng.CopyFromContainer(ctx, ins.ID, "/"+ledgerFile)
 	if errdefs.IsNotFound(err) {
 		return Ledger{Env: env, Key: key}, false, nil
 	}
 	if err != nil {
-		return Ledger{}, false, executor.Systemf("read the ledger of %s: %w", env, err)
+		return Ledger{}, false, failure.Systemf("read the ledger of %s: %w", env, err)
 	}
 	defer rc.Close()
 	tr := tar.NewReader(rc)
 	if _, err := tr.Next(); err != nil {
-		return Ledger{}, false, executor.Systemf("read the ledger of %s: %w", env, err)
+		return Ledger{}, false, failure.Systemf("read the ledger of %s: %w", env, err)
 	}
 	if err := json.NewDecoder(tr).Decode(&l); err != nil {
-		return Ledger{}, false, executor.Systemf("the ledger of %s is damaged (%v): remove %s and deploy again", env, err, name)
+		return Ledger{}, false, failure.Systemf("the ledger of %s is damaged (%v): remove %s and deploy again", env, err, name)
 	}
 	l.Env, l.Key = env, key
 	return l, true, nil
@@ -235,29 +235,29 @@ func WriteLedger(ctx context.Context, eng LedgerEngine, l Ledger) error {
 		made, cerr := eng.ContainerCreate(ctx, &container.Config{Image: EmptyImage, Entrypoint: []string{"ledger"},
 			Labels: map[string]string{LabelLedger: l.Key, LabelLockEnv: l.Env}}, &container.HostConfig{NetworkMode: "none"}, nil, nil, name)
 		if cerr != nil {
-			return executor.Systemf("make the ledger of %s: %w", l.Env, cerr)
+			return failure.Systemf("make the ledger of %s: %w", l.Env, cerr)
 		}
 		id = made.ID
 	} else if err != nil {
-		return executor.Systemf("write the ledger of %s: %w", l.Env, err)
+		return failure.Systemf("write the ledger of %s: %w", l.Env, err)
 	} else if ins.Config == nil || ins.Config.Labels[LabelLedger] != l.Key {
-		return executor.Systemf("a container named %s that berth did not make stands where %s's ledger belongs: remove it (docker rm %s)", name, l.Env, name)
+		return failure.Systemf("a container named %s that berth did not make stands where %s's ledger belongs: remove it (docker rm %s)", name, l.Env, name)
 	} else {
 		id = ins.ID
 	}
 	data, err := json.MarshalIndent(l, "", " ")
 	if err != nil {
-		return executor.Systemf("encode the ledger of %s: %w", l.Env, err)
+		return failure.Systemf("encode the ledger of %s: %w", l.Env, err)
 	}
 	var b bytes.Buffer
 	tw := tar.NewWriter(&b)
 	if err := tw.WriteHeader(&tar.Header{Name: ledgerFile, Mode: 0o644, Size: int64(len(data)), ModTime: time.Now()}); err != nil {
-		return executor.Systemf("encode the ledger of %s: %w", l.Env, err)
+		return failure.Systemf("encode the ledger of %s: %w", l.Env, err)
 	}
 	_, _ = tw.Write(data)
 	_ = tw.Close()
 	if err := eng.CopyToContainer(ctx, id, "/", &b, container.CopyToContainerOptions{}); err != nil {
-		return executor.Systemf("write the ledger of %s: %w", l.Env, err)
+		return failure.Systemf("write the ledger of %s: %w", l.Env, err)
 	}
 	return nil
 }

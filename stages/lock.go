@@ -13,6 +13,7 @@ import (
 	"github.com/docker/docker/errdefs"
 
 	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 )
 
 // Lock labels, read by whoever waits and by cleanup.
@@ -73,18 +74,18 @@ func EngineLock(ctx context.Context, eng LockEngine, out io.Writer, env, key str
 			break
 		}
 		if !errdefs.IsConflict(err) {
-			return nil, executor.Systemf("take the deploy lock %s: %w", name, err)
+			return nil, failure.Systemf("take the deploy lock %s: %w", name, err)
 		}
 		ins, ierr := eng.ContainerInspect(ctx, name)
 		if errdefs.IsNotFound(ierr) {
 			continue // released meanwhile
 		}
 		if ierr != nil {
-			return nil, executor.Systemf("read the deploy lock %s: %w", name, ierr)
+			return nil, failure.Systemf("read the deploy lock %s: %w", name, ierr)
 		}
 		l := ins.Config.Labels
 		if l[LabelLockKey] != key {
-			return nil, executor.Systemf("a container named %s that berth did not make blocks deploys of %s: remove it (docker rm %s)", name, env, name)
+			return nil, failure.Systemf("a container named %s that berth did not make blocks deploys of %s: remove it (docker rm %s)", name, env, name)
 		}
 		if why := staleLock(ctx, eng, ins); why != "" {
 			// by id: a waiter that took it over first has made a new one;
@@ -101,11 +102,11 @@ func EngineLock(ctx context.Context, eng LockEngine, out io.Writer, env, key str
 			told = true
 		}
 		if time.Now().After(deadline) {
-			return nil, executor.Buildf("%s is still locked by job %s of pipeline %s after %s: retry the job, or raise lock_timeout for the environment", env, l[LabelLockJob], l[LabelLockPipeline], timeout)
+			return nil, failure.Buildf("%s is still locked by job %s of pipeline %s after %s: retry the job, or raise lock_timeout for the environment", env, l[LabelLockJob], l[LabelLockPipeline], timeout)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, executor.Buildf("cancelled while waiting for the lock of %s", env)
+			return nil, failure.Buildf("cancelled while waiting for the lock of %s", env)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -170,7 +171,7 @@ func LockHolder(ctx context.Context, eng LockEngine, key string) (int64, bool, e
 		return 0, false, nil
 	}
 	if err != nil {
-		return 0, false, executor.Systemf("read the deploy lock %s: %w", LockName(key), err)
+		return 0, false, failure.Systemf("read the deploy lock %s: %w", LockName(key), err)
 	}
 	if ins.Config == nil || ins.Config.Labels[LabelLockKey] != key {
 		return 0, false, nil
@@ -190,7 +191,7 @@ func RecoverLock(ctx context.Context, eng LockEngine, key string, job int64, rec
 		return err
 	}
 	if err := eng.ContainerRemove(context.WithoutCancel(ctx), LockName(key), container.RemoveOptions{Force: true}); err != nil && !errdefs.IsNotFound(err) {
-		return executor.Systemf("release the deploy lock %s: %w", LockName(key), err)
+		return failure.Systemf("release the deploy lock %s: %w", LockName(key), err)
 	}
 	return nil
 }

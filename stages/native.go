@@ -11,6 +11,7 @@ import (
 
 	"github.com/berthci/berth/executor"
 	"github.com/berthci/berth/executor/api"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -89,9 +90,9 @@ func (n *Native) wantsRollback() (bool, error) {
 	case action == "":
 		return false, nil
 	case action != "rollback":
-		return false, executor.Buildf("BERTH_ACTION=%q is not an action berth knows: the only one is rollback, in a deploy stage; remove the variable", action)
+		return false, failure.Buildf("BERTH_ACTION=%q is not an action berth knows: the only one is rollback, in a deploy stage; remove the variable", action)
 	case n.Plan.Action != settings.ActionDeploy:
-		return false, executor.Buildf("BERTH_ACTION=rollback works in deploy stages only, and stage %s is a %s stage: set it on a job of a deploy stage", n.Job.Stage, n.Plan.Action)
+		return false, failure.Buildf("BERTH_ACTION=rollback works in deploy stages only, and stage %s is a %s stage: set it on a job of a deploy stage", n.Job.Stage, n.Plan.Action)
 	}
 	return true, nil
 }
@@ -103,11 +104,11 @@ func (n *Native) released(ctx context.Context, tagRef string) (string, error) {
 	rev, digest, ok, err := n.Registry.Revision(ctx, tagRef)
 	switch {
 	case err != nil:
-		return "", executor.Systemf("read %s from the registry: %v", tagRef, err)
+		return "", failure.Systemf("read %s from the registry: %v", tagRef, err)
 	case !ok:
-		return "", executor.Buildf("%s is not in the registry: run the release job of %s first", tagRef, n.Job.Ref)
+		return "", failure.Buildf("%s is not in the registry: run the release job of %s first", tagRef, n.Job.Ref)
 	case rev != n.Job.Sha:
-		return "", executor.Buildf("%s (%s) was built from %s, not from %s, the commit of tag %s: the tag was pushed to the registry again after its release job; run the release job of %s again, and find out who pushed it",
+		return "", failure.Buildf("%s (%s) was built from %s, not from %s, the commit of tag %s: the tag was pushed to the registry again after its release job; run the release job of %s again, and find out who pushed it",
 			tagRef, digest, short(rev), short(n.Job.Sha), n.Job.Ref, n.Job.Ref)
 	}
 	fmt.Fprintf(n.Out, "berth: %s is %s, built from %s\n", tagRef, digest, short(rev))
@@ -123,12 +124,12 @@ func (n *Native) gates(env string) error {
 	e := n.Settings.Environments[env]
 	if e.Protected && !n.Job.Protected {
 		if !n.Job.ProtectedKnown {
-			return executor.Buildf("environment %s deploys only from protected refs, and GitLab did not say whether %s is (git_info.protected, sent by GitLab 18.3 and later): upgrade GitLab", env, n.Job.Ref)
+			return failure.Buildf("environment %s deploys only from protected refs, and GitLab did not say whether %s is (git_info.protected, sent by GitLab 18.3 and later): upgrade GitLab", env, n.Job.Ref)
 		}
-		return executor.Buildf("environment %s deploys only from protected refs, and %s is not protected in GitLab", env, n.Job.Ref)
+		return failure.Buildf("environment %s deploys only from protected refs, and %s is not protected in GitLab", env, n.Job.Ref)
 	}
 	if e.Manual && n.variable(executor.VarJobManual) != "true" {
-		return executor.Buildf("environment %s deploys only from a manual job (CI_JOB_MANUAL=true): add `when: manual` to the job and start it by hand", env)
+		return failure.Buildf("environment %s deploys only from a manual job (CI_JOB_MANUAL=true): add `when: manual` to the job and start it by hand", env)
 	}
 	return nil
 }
@@ -158,11 +159,11 @@ func (n *Native) repository() (string, error) {
 	} else if host, _, _ := n.Job.RegistryLogin(); host != "" && project != "" {
 		repo, source = host+"/"+project, "the GitLab registry of the job's payload"
 	} else {
-		return "", executor.Systemf("no image repository: set [registry] image in berth.toml (\"{project}\" stands for the project's path), or enable GitLab's container registry for the project, whose login GitLab sends with each job")
+		return "", failure.Systemf("no image repository: set [registry] image in berth.toml (\"{project}\" stands for the project's path), or enable GitLab's container registry for the project, whose login GitLab sends with each job")
 	}
 	named, err := reference.ParseNormalizedNamed(repo)
 	if err != nil || !reference.IsNameOnly(named) {
-		return "", executor.Systemf("%s %q is not a repository name without tag", source, repo)
+		return "", failure.Systemf("%s %q is not a repository name without tag", source, repo)
 	}
 	return repo, nil
 }
@@ -193,10 +194,10 @@ func (n *Native) buildOptions(tagRef string) (BuildOptions, error) {
 			continue
 		}
 		if !allowed[field] {
-			return BuildOptions{}, executor.Buildf("the job sets %s, but berth.toml does not let jobs change %s ([build] job_overrides): remove the variable or ask the runner's operator", v.Key, field)
+			return BuildOptions{}, failure.Buildf("the job sets %s, but berth.toml does not let jobs change %s ([build] job_overrides): remove the variable or ask the runner's operator", v.Key, field)
 		}
 		if v.Masked {
-			return BuildOptions{}, executor.Buildf("%s is a masked variable, and a build arg stays readable in the image's history: keep secrets out of build args", v.Key)
+			return BuildOptions{}, failure.Buildf("%s is a masked variable, and a build arg stays readable in the image's history: keep secrets out of build args", v.Key)
 		}
 		switch field {
 		case "dockerfile":
@@ -265,7 +266,7 @@ func (n *Native) release(ctx context.Context, repo, tagRef string) (string, erro
 			}
 			fmt.Fprintf(n.Out, "berth: promoted %s to %s, same digest %s, no rebuild\n", ref, tagRef, got)
 			if got != digest {
-				return "", executor.Systemf("promotion of %s changed the digest (%s, expected %s)", ref, got, digest)
+				return "", failure.Systemf("promotion of %s changed the digest (%s, expected %s)", ref, got, digest)
 			}
 			return got, nil
 		}
@@ -321,7 +322,7 @@ func noGoingBack(ctx context.Context, d Driver, rel Release) error {
 			continue
 		}
 		if r.Flow == rel.Flow && rel.Flow != "" && r.Pipeline > rel.Pipeline {
-			return executor.Buildf("%s serves %s from pipeline %d, newer than this pipeline %d (both %s flow): an older pipeline does not overwrite a newer deploy; retry the newer pipeline's deploy, or roll back on purpose (BERTH_ACTION=rollback, berth rollback %s --to %s)",
+			return failure.Buildf("%s serves %s from pipeline %d, newer than this pipeline %d (both %s flow): an older pipeline does not overwrite a newer deploy; retry the newer pipeline's deploy, or roll back on purpose (BERTH_ACTION=rollback, berth rollback %s --to %s)",
 				rel.Env, orDash(r.Tag), r.Pipeline, rel.Pipeline, rel.Flow, rel.Env, rel.Tag)
 		}
 		break
@@ -341,7 +342,7 @@ func orDash(s string) string {
 func (n *Native) rollback(ctx context.Context, start time.Time) error {
 	env := n.Plan.Env
 	if env == "" {
-		return executor.Buildf("the flow of %s deploys no environment: nothing to roll back", n.Job.Ref)
+		return failure.Buildf("the flow of %s deploys no environment: nothing to roll back", n.Job.Ref)
 	}
 	if err := n.gates(env); err != nil {
 		return err
@@ -372,7 +373,7 @@ type RollbackOptions struct {
 func Rollback(ctx context.Context, open func(string) (Driver, error), s *settings.Settings, o RollbackOptions) (Record, error) {
 	e, ok := s.Environments[o.Env]
 	if !ok {
-		return Record{}, executor.Buildf("no environment %q in berth.toml", o.Env)
+		return Record{}, failure.Buildf("no environment %q in berth.toml", o.Env)
 	}
 	d, err := open(o.Env)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/berthci/berth/executor"
 	"github.com/berthci/berth/executor/api"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -63,7 +64,7 @@ func TestBuildOptionsJobOverrides(t *testing.T) {
 			if tt.wantErr != "" {
 				require.Error(t, err)
 				assert.Contains(t, err.Error(), tt.wantErr)
-				assert.Equal(t, executor.BuildFailure, executor.ClassOf(err))
+				assert.Equal(t, failure.BuildFailure, failure.ClassOf(err))
 				return
 			}
 			require.NoError(t, err)

@@ -4,7 +4,7 @@ import (
 	"context"
 	"strings"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -17,7 +17,7 @@ func CheckOwner(ctx context.Context, d Driver, env string, e settings.Environmen
 		if settings.ProjectAllowed(e.Projects, project) {
 			return nil
 		}
-		return executor.Buildf("environment %s belongs to %s (environments.%s.projects in berth.toml), not to %s: deploy it from one of those, or ask the runner's operator to add %s to environments.%s.projects",
+		return failure.Buildf("environment %s belongs to %s (environments.%s.projects in berth.toml), not to %s: deploy it from one of those, or ask the runner's operator to add %s to environments.%s.projects",
 			env, strings.Join(e.Projects, ", "), env, project, project, env)
 	}
 	owner, err := d.Owner(ctx, project)
@@ -27,6 +27,6 @@ func CheckOwner(ctx context.Context, d Driver, env string, e settings.Environmen
 	if strings.EqualFold(owner, project) {
 		return nil
 	}
-	return executor.Buildf("environment %s belongs to %s, the first project that deployed it (berth history %s shows it), not to %s: ask the runner's operator to set environments.%s.projects in berth.toml",
+	return failure.Buildf("environment %s belongs to %s, the first project that deployed it (berth history %s shows it), not to %s: ask the runner's operator to set environments.%s.projects in berth.toml",
 		env, owner, env, project, env)
 }

@@ -8,8 +8,8 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/berthci/berth/executor"
 	"github.com/berthci/berth/executor/api"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -93,7 +93,7 @@ func ImageTag(template, ref string) (string, error) {
 	default:
 		why = "it has characters outside A-Z a-z 0-9 _ . -"
 	}
-	return "", executor.Buildf("ref %q cannot be an image tag: %s: rename the branch or tag, or set a literal image_tag for its flow in berth.toml", ref, why)
+	return "", failure.Buildf("ref %q cannot be an image tag: %s: rename the branch or tag, or set a literal image_tag for its flow in berth.toml", ref, why)
 }
 
 // Version is a release tag's version: v1.2.3-hotfix4 → 1.2.3.

@@ -7,7 +7,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -81,7 +81,7 @@ func TestImageTag(t *testing.T) {
 		if tt.err != "" {
 			require.Error(t, err, tt.ref)
 			assert.Contains(t, err.Error(), tt.err)
-			assert.Equal(t, executor.BuildFailure, executor.ClassOf(err), "a hostile ref is the job's fault")
+			assert.Equal(t, failure.BuildFailure, failure.ClassOf(err), "a hostile ref is the job's fault")
 			continue
 		}
 		require.NoError(t, err, tt.ref)

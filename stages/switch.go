@@ -11,7 +11,7 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/errdefs"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 )
 
 // The container driver's switches, deploy and rollback, as steps with
@@ -113,7 +113,7 @@ func (d *ContainerDriver) Deploy(ctx context.Context, r Release) error {
 				}
 				made, err := d.Engine.ContainerCreate(ctx, rc.cfg, rc.host, rc.net, nil, sw.ToName)
 				if err != nil {
-					return executor.Buildf("create the new %s container: %v: check [environments.%s.container] in berth.toml", name, err, d.Env)
+					return failure.Buildf("create the new %s container: %v: check [environments.%s.container] in berth.toml", name, err, d.Env)
 				}
 				sw.To = made.ID
 				return nil
@@ -137,7 +137,7 @@ func (d *ContainerDriver) Deploy(ctx context.Context, r Release) error {
 		steps = append(steps, Step{Name: "rename-old",
 			Do: func(ctx context.Context) error {
 				if err := d.Engine.ContainerRename(ctx, old.ID, keptName(name, old.ID, "")); err != nil {
-					return executor.Systemf("rename the old %s container: %w", name, err)
+					return failure.Systemf("rename the old %s container: %w", name, err)
 				}
 				return nil
 			},
@@ -151,7 +151,7 @@ func (d *ContainerDriver) Deploy(ctx context.Context, r Release) error {
 					return err
 				}
 				if err := d.Engine.ContainerRename(ctx, anc.ID, retired); err != nil {
-					return executor.Systemf("rename the old anchor %s: %w", AnchorName(name), err)
+					return failure.Systemf("rename the old anchor %s: %w", AnchorName(name), err)
 				}
 				return nil
 			},
@@ -170,7 +170,7 @@ func (d *ContainerDriver) Deploy(ctx context.Context, r Release) error {
 		Step{Name: "rename-new",
 			Do: func(ctx context.Context) error {
 				if err := d.Engine.ContainerRename(ctx, sw.To, name); err != nil {
-					return executor.Systemf("rename the new container to %s: %w", name, err)
+					return failure.Systemf("rename the new container to %s: %w", name, err)
 				}
 				return nil
 			},
@@ -226,12 +226,12 @@ func (d *ContainerDriver) Deploy(ctx context.Context, r Release) error {
 	}
 	switch {
 	case se.UndoErr != nil:
-		return executor.Systemf("%v; putting the previous version back failed too (%v): the next deploy, berth rollback %s or this job's cleanup finishes it", se.Err, se.UndoErr, d.Env)
+		return failure.Systemf("%v; putting the previous version back failed too (%v): the next deploy, berth rollback %s or this job's cleanup finishes it", se.Err, se.UndoErr, d.Env)
 	case se.Cancelled:
-		return executor.Buildf("%v: %s", se.Err, back)
+		return failure.Buildf("%v: %s", se.Err, back)
 	case se.Step == "start-new" && healthErr != nil:
 		logs := d.lastLogs(ctx, sw.To, 10)
-		return executor.Buildf("the new %s (%s) did not become healthy: %v; %s.%s", name, r.Tag, healthErr, back, logs)
+		return failure.Buildf("the new %s (%s) did not become healthy: %v; %s.%s", name, r.Tag, healthErr, back, logs)
 	default:
 		return wrapClass(se.Err, "%v; "+back, se.Err)
 	}
@@ -268,7 +268,7 @@ func (d *ContainerDriver) Rollback(ctx context.Context, to, by string) (Record, 
 		if to != "" {
 			what = to
 		}
-		return Record{}, executor.Buildf("no kept container of %s holds %s (berth history %s lists them): deploy it instead", d.Env, what, d.Env)
+		return Record{}, failure.Buildf("no kept container of %s holds %s (berth history %s lists them): deploy it instead", d.Env, what, d.Env)
 	}
 	name := d.Spec.Name
 	cur, hasCur, err := d.inspect(ctx, name)
@@ -296,7 +296,7 @@ func (d *ContainerDriver) Rollback(ctx context.Context, to, by string) (Record, 
 			Step{Name: "rename-current",
 				Do: func(ctx context.Context) error {
 					if err := d.Engine.ContainerRename(ctx, cur.ID, keptName(name, cur.ID, "rb-"+sanitize(by))); err != nil {
-						return executor.Systemf("rename %s: %w", name, err)
+						return failure.Systemf("rename %s: %w", name, err)
 					}
 					return nil
 				},
@@ -338,9 +338,9 @@ func (d *ContainerDriver) Rollback(ctx context.Context, to, by string) (Record, 
 			if werr := d.store().Write(ctx, led); werr != nil {
 				fmt.Fprintf(d.Out, "berth: warning: %v\n", werr)
 			}
-			return Record{}, executor.Buildf("roll %s back to %s: %v; the current version serves again", d.Env, sw.ToName, se.Err)
+			return Record{}, failure.Buildf("roll %s back to %s: %v; the current version serves again", d.Env, sw.ToName, se.Err)
 		}
-		return Record{}, executor.Systemf("roll %s back to %s: %v; putting the current version back failed too (%v): the next deploy, berth rollback %s or this job's cleanup finishes it", d.Env, sw.ToName, se.Err, se.UndoErr, d.Env)
+		return Record{}, failure.Systemf("roll %s back to %s: %v; putting the current version back failed too (%v): the next deploy, berth rollback %s or this job's cleanup finishes it", d.Env, sw.ToName, se.Err, se.UndoErr, d.Env)
 	}
 	if d.Pause != nil {
 		d.Pause(ctx, "rollback:record")
@@ -423,7 +423,7 @@ func (d *ContainerDriver) recoverSwitch(ctx context.Context, led *Ledger) error 
 				led.Push(entryWithID(sw.Entry, sw.To, ResultInterrupted), "")
 			}
 			if err := d.renameTo(ctx, sw.To, toName); err != nil {
-				return executor.Systemf("%s: put %s aside: %w", d.Env, toName, err)
+				return failure.Systemf("%s: put %s aside: %w", d.Env, toName, err)
 			}
 		}
 		if sw.NewAnchor != "" {
@@ -431,15 +431,15 @@ func (d *ContainerDriver) recoverSwitch(ctx context.Context, led *Ledger) error 
 		}
 		if sw.OldAnchor != "" {
 			if err := d.renameTo(ctx, sw.OldAnchor, AnchorName(name)); err != nil {
-				return executor.Systemf("%s: put the anchor back: %w", d.Env, err)
+				return failure.Systemf("%s: put the anchor back: %w", d.Env, err)
 			}
 			if err := d.startOnly(ctx, sw.OldAnchor); err != nil {
-				return executor.Systemf("%s: start the anchor again: %w", d.Env, err)
+				return failure.Systemf("%s: start the anchor again: %w", d.Env, err)
 			}
 		}
 		if sw.From != "" {
 			if err := d.renameTo(ctx, sw.From, name); err != nil {
-				return executor.Systemf("%s: put the previous %s back: %w", d.Env, name, err)
+				return failure.Systemf("%s: put the previous %s back: %w", d.Env, name, err)
 			}
 			if err := d.startHealthy(ctx, sw.From, "the previous "+name); err != nil {
 				return err
@@ -462,13 +462,13 @@ func (d *ContainerDriver) removeLeftovers(ctx context.Context, led *Ledger) erro
 	name := d.Spec.Name
 	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", "^/"+name+"-"))})
 	if err != nil {
-		return executor.Systemf("list containers of %s: %w", d.Env, err)
+		return failure.Systemf("list containers of %s: %w", d.Env, err)
 	}
 	tmp := regexp.MustCompile("^" + regexp.QuoteMeta(name) + "(-net)?-new-[0-9]+$")
 	for _, c := range list {
 		if _, known := led.Find(c.ID); !known && tmp.MatchString(containerName(c)) {
 			if err := d.remove(ctx, c.ID); err != nil {
-				return executor.Systemf("remove %s, left by a killed deploy: %w", containerName(c), err)
+				return failure.Systemf("remove %s, left by a killed deploy: %w", containerName(c), err)
 			}
 		}
 	}
@@ -522,8 +522,8 @@ func (d *ContainerDriver) startHealthy(ctx context.Context, id, what string) err
 
 // wrapClass formats an error keeping err's class.
 func wrapClass(err error, format string, args ...any) error {
-	if executor.ClassOf(err) == executor.BuildFailure {
-		return executor.Buildf(format, args...)
+	if failure.ClassOf(err) == failure.BuildFailure {
+		return failure.Buildf(format, args...)
 	}
-	return executor.Systemf(format, args...)
+	return failure.Systemf(format, args...)
 }

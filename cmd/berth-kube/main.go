@@ -13,7 +13,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/kube"
 	"github.com/berthci/berth/kube/rollout"
 	"github.com/berthci/berth/stages"
@@ -25,7 +25,7 @@ func main() {
 	res, err := run(ctx)
 	if err != nil {
 		res.Error, res.Class = err.Error(), "system"
-		if executor.ClassOf(err) == executor.BuildFailure {
+		if failure.ClassOf(err) == failure.BuildFailure {
 			res.Class = "build"
 		}
 	}
@@ -42,7 +42,7 @@ func run(ctx context.Context) (kube.Result, error) {
 	}
 	client, err := rollout.NewClient(req.Spec)
 	if err != nil {
-		return kube.Result{}, executor.Systemf("environment %s: %w", req.Env, err)
+		return kube.Result{}, failure.Systemf("environment %s: %w", req.Env, err)
 	}
 	d := &rollout.Driver{Client: client, Env: req.Env, Spec: req.Spec, Out: os.Stderr, Pause: stages.PauseFromEnv(os.Getenv, os.Stderr)}
 	if req.Holder.Job != 0 && (req.Op == kube.OpDeploy || req.Op == kube.OpRollback || req.Op == kube.OpRecover) {

@@ -17,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -35,20 +36,20 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 	switch cmd {
 	case "version":
 		if len(args) != 0 {
-			return executor.Systemf("version takes no arguments")
+			return failure.Systemf("version takes no arguments")
 		}
 		fmt.Fprintf(a.stdout, "berth %s\n", version)
 		return nil
 	case "check":
 		if len(args) != 0 {
-			return executor.Systemf("check takes no arguments but --config FILE")
+			return failure.Systemf("check takes no arguments but --config FILE")
 		}
 		return a.check()
 	case "config":
 		return a.config()
 	case "prepare", "cleanup":
 		if len(args) != 0 {
-			return executor.Systemf("%s takes no arguments", cmd)
+			return failure.Systemf("%s takes no arguments", cmd)
 		}
 		ex, err := a.executor()
 		if err != nil {
@@ -64,7 +65,7 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 		return errors.Join(rerr, ex.Cleanup(ctx))
 	case "run":
 		if len(args) != 2 {
-			return executor.Systemf("usage: berth run SCRIPT STAGE")
+			return failure.Systemf("usage: berth run SCRIPT STAGE")
 		}
 		ex, err := a.executor()
 		if err != nil {
@@ -83,7 +84,7 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 		// PID 1's child in a job's helper container (executor/helperserve.go):
 		// it runs the runner's stages sent over its socket
 		if len(args) != 2 {
-			return executor.Systemf("usage: berth helper SOCKET DIR (run by the helper container)")
+			return failure.Systemf("usage: berth helper SOCKET DIR (run by the helper container)")
 		}
 		return executor.ServeHelper(ctx, args[0], args[1])
 	case "anchor":
@@ -92,7 +93,7 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 		<-ctx.Done()
 		return nil
 	default:
-		return executor.Systemf("unknown command %q (run berth --help)", cmd)
+		return failure.Systemf("unknown command %q (run berth --help)", cmd)
 	}
 }
 
@@ -100,7 +101,7 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 func (a *app) loadSettings() error {
 	s, src, err := settings.Load(a.configPath, a.getenv)
 	if err != nil {
-		return executor.System(err)
+		return failure.System(err)
 	}
 	a.settings, a.source = s, src
 	return nil
@@ -112,7 +113,7 @@ func (a *app) logger() (logrus.FieldLogger, error) {
 	if f := a.settings.LogFile; f != "" {
 		out, err := os.OpenFile(f, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 		if err != nil {
-			return nil, executor.Systemf("open log_file %s: %w", f, err)
+			return nil, failure.Systemf("open log_file %s: %w", f, err)
 		}
 		l.SetOutput(out)
 	}
@@ -172,7 +173,7 @@ func (a *app) executor() (*executor.Executor, error) {
 	ex.RunnerBinary, why = executor.FindRunnerBinary(a.settings.Job.RunnerBinary, os.Getppid(), exec.LookPath)
 	if why != "" {
 		if a.settings.Job.RunnerBinary != "" {
-			return nil, executor.Systemf("job.runner_binary: %s: name a static gitlab-runner, or set it to %q to use the helper image's own", why, settings.RunnerBinaryImage)
+			return nil, failure.Systemf("job.runner_binary: %s: name a static gitlab-runner, or set it to %q to use the helper image's own", why, settings.RunnerBinaryImage)
 		}
 		log.Infof("helper containers use job.helper_image's own gitlab-runner: %s", why)
 	}
@@ -184,7 +185,7 @@ func (a *app) executor() (*executor.Executor, error) {
 func (a *app) engine() (*client.Client, bool, error) {
 	c, err := executor.NewClient(a.settings.DockerHost)
 	if err != nil {
-		return nil, false, executor.Systemf("docker client: %w (check docker_host in berth.toml or DOCKER_HOST)", err)
+		return nil, false, failure.Systemf("docker client: %w (check docker_host in berth.toml or DOCKER_HOST)", err)
 	}
 	host := c.DaemonHost()
 	return c, strings.HasPrefix(host, "unix://"), nil
@@ -205,7 +206,7 @@ func (a *app) check() error {
 	fmt.Fprintf(a.stdout, "# effective settings (passwords, env values and build args shown as %s), each with where it comes from:\n", settings.Masked)
 	var b strings.Builder
 	if err := toml.NewEncoder(&b).Encode(a.settings.Redacted()); err != nil {
-		return executor.Systemf("print the settings: %w", err)
+		return failure.Systemf("print the settings: %w", err)
 	}
 	var data []byte
 	if a.source.Path != "" {
@@ -222,7 +223,7 @@ func (a *app) sweep(ctx context.Context, args []string) error {
 	dryRun := fs.Bool("dry-run", false, "list what would be removed")
 	project := fs.String("project", "", "only this project's jobs (full path, group/app)")
 	if err := fs.Parse(args); err != nil {
-		return executor.System(err)
+		return failure.System(err)
 	}
 	if err := a.loadSettings(); err != nil {
 		return err
@@ -248,7 +249,7 @@ func (a *app) sweep(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintf(a.stdout, "sweep: %s %d containers, %d networks, %d builds dirs\n", verb, len(res.Containers), len(res.Networks), len(res.Dirs))
 	if err != nil {
-		return executor.Systemf("sweep went on past what it could not remove: %w", err)
+		return failure.Systemf("sweep went on past what it could not remove: %w", err)
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/berthci/berth/executor"
 	"github.com/berthci/berth/executor/api"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/local"
 )
 
@@ -36,10 +37,10 @@ func (a *app) exec(ctx context.Context, args []string) error {
 	manual := fs.Bool("manual", false, "run manual jobs too, as if started by hand")
 	file := fs.String("file", ".gitlab-ci.yml", "the pipeline file, relative to the repository")
 	if err := fs.Parse(args); err != nil {
-		return executor.Buildf("usage: berth exec [--ref BRANCH | --tag TAG] [--manual] [JOB...]")
+		return failure.Buildf("usage: berth exec [--ref BRANCH | --tag TAG] [--manual] [JOB...]")
 	}
 	if *branch != "" && *tag != "" {
-		return executor.Buildf("berth exec: give --ref or --tag, not both")
+		return failure.Buildf("berth exec: give --ref or --tag, not both")
 	}
 	if err := a.loadSettings(); err != nil {
 		return err
@@ -50,14 +51,14 @@ func (a *app) exec(ctx context.Context, args []string) error {
 	}
 	p, err := local.Load(filepath.Join(src.Repo, *file))
 	if err != nil {
-		return executor.Buildf("%v", err)
+		return failure.Buildf("%v", err)
 	}
 	jobs, err := pick(p, src.Ref, *manual, fs.Args())
 	if err != nil {
 		return err
 	}
 	if len(jobs) == 0 {
-		return executor.Buildf("no job of %s runs for %s", *file, refText(src.Ref))
+		return failure.Buildf("no job of %s runs for %s", *file, refText(src.Ref))
 	}
 	pipeline := rand.Int64N(1e9)
 	fmt.Fprintf(a.stdout, "berth exec: %d job(s) for %s at %.8s, pipeline %d\n", len(jobs), refText(src.Ref), src.Sha, pipeline)
@@ -91,7 +92,7 @@ func (a *app) exec(ctx context.Context, args []string) error {
 	}
 	w.Flush()
 	if failed > 0 {
-		return executor.Buildf("the pipeline failed: %d of %d job(s)", failed, len(jobs))
+		return failure.Buildf("the pipeline failed: %d of %d job(s)", failed, len(jobs))
 	}
 	return nil
 }
@@ -120,7 +121,7 @@ func localSource(branch, tag string) (local.Source, error) {
 	}
 	root, err := git("rev-parse", "--show-toplevel")
 	if err != nil {
-		return local.Source{}, executor.Buildf("berth exec runs in a git repository: %v", err)
+		return local.Source{}, failure.Buildf("berth exec runs in a git repository: %v", err)
 	}
 	ref := local.Ref{Name: branch}
 	switch {
@@ -128,7 +129,7 @@ func localSource(branch, tag string) (local.Source, error) {
 		ref = local.Ref{Name: tag, IsTag: true}
 	case branch == "":
 		if ref.Name, err = git("-C", root, "symbolic-ref", "--short", "HEAD"); err != nil {
-			return local.Source{}, executor.Buildf("HEAD is not on a branch: give --ref BRANCH or --tag TAG")
+			return local.Source{}, failure.Buildf("HEAD is not on a branch: give --ref BRANCH or --tag TAG")
 		}
 	}
 	full := "refs/heads/" + ref.Name
@@ -137,7 +138,7 @@ func localSource(branch, tag string) (local.Source, error) {
 	}
 	sha, err := git("-C", root, "rev-parse", "--verify", "-q", full+"^{commit}")
 	if err != nil {
-		return local.Source{}, executor.Buildf("no %s in %s", refText(ref), root)
+		return local.Source{}, failure.Buildf("no %s in %s", refText(ref), root)
 	}
 	user := os.Getenv("USER")
 	if user == "" {
@@ -162,18 +163,18 @@ func pick(p *local.Pipeline, ref local.Ref, manual bool, names []string) ([]*loc
 		how := j.Applies(ref)
 		switch {
 		case how == "" && len(names) > 0:
-			return nil, executor.Buildf("job %s does not run for %s (see its only, except or rules)", j.Name, refText(ref))
+			return nil, failure.Buildf("job %s does not run for %s (see its only, except or rules)", j.Name, refText(ref))
 		case how == "":
 		case how == "manual" && !manual:
 			if len(names) > 0 {
-				return nil, executor.Buildf("job %s is manual: add --manual to run it as if started by hand", j.Name)
+				return nil, failure.Buildf("job %s is manual: add --manual to run it as if started by hand", j.Name)
 			}
 		default:
 			out = append(out, j)
 		}
 	}
 	for n := range want {
-		return nil, executor.Buildf("no job %q in the pipeline file", n)
+		return nil, failure.Buildf("no job %q in the pipeline file", n)
 	}
 	return out, nil
 }
@@ -212,7 +213,7 @@ func (a *app) execJob(ctx context.Context, j *local.Job, src local.Source, id, p
 	}
 	sub.stdout = a.stdout
 	if err := json.Unmarshal([]byte(cfgOut.String()), &cfg); err != nil {
-		return sub.execFailed(executor.Systemf("berth config: %v", err))
+		return sub.execFailed(failure.Systemf("berth config: %v", err))
 	}
 	projectDir := filepath.Join(cfg.BuildsDir, src.Project)
 	payload = local.Payload(j, src, id, pipeline, manual, projectDir)
@@ -257,7 +258,7 @@ func (a *app) execFailed(err error) string {
 	switch {
 	case errors.As(err, &se):
 		return fmt.Sprintf("failed (exit code %d)", se.Code)
-	case executor.ClassOf(err) == executor.SystemFailure:
+	case failure.ClassOf(err) == failure.SystemFailure:
 		return "failed (system)"
 	default:
 		return "failed"

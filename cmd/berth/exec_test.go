@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"context"
+
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/stretchr/testify/assert"

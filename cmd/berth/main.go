@@ -19,7 +19,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -55,7 +55,7 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	codes := executor.ExitCodesFromEnv(os.Getenv)
+	codes := failure.ExitCodesFromEnv(os.Getenv)
 	fs := flag.NewFlagSet("berth", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/berthci/berth/compose"
 	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/kube"
 	"github.com/berthci/berth/stages"
@@ -43,7 +44,7 @@ func (a *app) driverOpener(out io.Writer, creds *stages.Credentials, dir string)
 	return func(name string) (stages.Driver, error) {
 		env, ok := a.settings.Environments[name]
 		if !ok {
-			return nil, executor.Systemf("no environment %q in berth.toml", name)
+			return nil, failure.Systemf("no environment %q in berth.toml", name)
 		}
 		host := env.DockerHost
 		if host == "" {
@@ -64,7 +65,7 @@ func (a *app) driverOpener(out io.Writer, creds *stages.Credentials, dir string)
 		}
 		eng, err := executor.NewClient(host, env.SSHOptions...)
 		if err != nil {
-			return nil, executor.Systemf("environment %s: %w", name, err)
+			return nil, failure.Systemf("environment %s: %w", name, err)
 		}
 		if env.Driver == settings.DriverCompose {
 			helper, err := compose.FindHelper(out)
@@ -140,7 +141,7 @@ func (a *app) projectDir() (string, error) {
 	root := executor.JobDir(a.settings, a.job)
 	rel, err := filepath.Rel(root, dir)
 	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
-		return "", executor.Buildf("the project dir %q is not below the job's builds dir %s: do not set CI_PROJECT_DIR in the job", dir, root)
+		return "", failure.Buildf("the project dir %q is not below the job's builds dir %s: do not set CI_PROJECT_DIR in the job", dir, root)
 	}
 	return dir, nil
 }
@@ -148,7 +149,7 @@ func (a *app) projectDir() (string, error) {
 // history prints an environment's deployments.
 func (a *app) history(ctx context.Context, args []string) error {
 	if len(args) != 1 {
-		return executor.Systemf("usage: berth history ENV")
+		return failure.Systemf("usage: berth history ENV")
 	}
 	if err := a.loadSettings(); err != nil {
 		return err
@@ -190,11 +191,11 @@ func (a *app) rollback(ctx context.Context, args []string) error {
 		case env == "" && !strings.HasPrefix(args[i], "-"):
 			env = args[i]
 		default:
-			return executor.Systemf("usage: berth rollback ENV [--to TAG|DIGEST]")
+			return failure.Systemf("usage: berth rollback ENV [--to TAG|DIGEST]")
 		}
 	}
 	if env == "" {
-		return executor.Systemf("usage: berth rollback ENV [--to TAG|DIGEST]")
+		return failure.Systemf("usage: berth rollback ENV [--to TAG|DIGEST]")
 	}
 	if err := a.loadSettings(); err != nil {
 		return err

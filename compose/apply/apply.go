@@ -26,7 +26,7 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/berthci/berth/compose"
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 )
 
 // Service is a compose service bound to one engine.
@@ -98,7 +98,7 @@ func (s *Service) Apply(ctx context.Context, req compose.Request) (compose.Resul
 	if ctx.Err() != nil {
 		return compose.Result{}, ctx.Err()
 	}
-	if executor.IsOutage(err) { // the engine, not the project
+	if failure.IsOutage(err) { // the engine, not the project
 		return compose.Result{Services: services, Error: fmt.Sprintf("project %s: the target engine does not answer: %v", project.Name, err), Class: compose.ClassSystem}, nil
 	}
 	res := compose.Result{Services: services, Error: fmt.Sprintf("project %s did not come up: %v", project.Name, err), Class: compose.ClassBuild}

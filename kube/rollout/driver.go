@@ -24,7 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/kube"
 	"github.com/berthci/berth/stages"
@@ -92,13 +92,13 @@ func (d *Driver) where() string {
 func (d *Driver) deployment(ctx context.Context) (*appsv1.Deployment, error) {
 	dep, err := d.Client.AppsV1().Deployments(d.Spec.Namespace).Get(ctx, d.Spec.Deployment, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
-		return nil, executor.Buildf("%s: no %s: create it first (berth rolls out images, it does not create workloads), or set environments.%s.kube.deployment", d.Env, d.where(), d.Env)
+		return nil, failure.Buildf("%s: no %s: create it first (berth rolls out images, it does not create workloads), or set environments.%s.kube.deployment", d.Env, d.where(), d.Env)
 	}
 	if err != nil {
-		return nil, executor.Systemf("%s: read %s: %w", d.Env, d.where(), err)
+		return nil, failure.Systemf("%s: read %s: %w", d.Env, d.where(), err)
 	}
 	if who, key := gitOpsOwner(dep.ObjectMeta); who != "" {
-		return nil, executor.Buildf("%s: %s is managed by %s (%s): a set image would be reverted by it; change the image in Git instead", d.Env, d.where(), who, key)
+		return nil, failure.Buildf("%s: %s is managed by %s (%s): a set image would be reverted by it; change the image in Git instead", d.Env, d.where(), who, key)
 	}
 	return dep, nil
 }
@@ -123,7 +123,7 @@ func (d *Driver) containers(dep *appsv1.Deployment, image string) ([]string, err
 	if len(d.Spec.Containers) > 0 {
 		for _, want := range d.Spec.Containers {
 			if indexOf(dep.Spec.Template.Spec.Containers, want) < 0 {
-				return nil, executor.Buildf("%s: %s has no container %q: check environments.%s.kube.containers", d.Env, d.where(), want, d.Env)
+				return nil, failure.Buildf("%s: %s has no container %q: check environments.%s.kube.containers", d.Env, d.where(), want, d.Env)
 			}
 		}
 		return d.Spec.Containers, nil
@@ -136,7 +136,7 @@ func (d *Driver) containers(dep *appsv1.Deployment, image string) ([]string, err
 		}
 	}
 	if len(out) == 0 {
-		return nil, executor.Buildf("%s: no container of %s runs %s: name the ones that take it in environments.%s.kube.containers", d.Env, d.where(), repo, d.Env)
+		return nil, failure.Buildf("%s: no container of %s runs %s: name the ones that take it in environments.%s.kube.containers", d.Env, d.where(), repo, d.Env)
 	}
 	return out, nil
 }
@@ -208,23 +208,23 @@ func (d *Driver) Deploy(ctx context.Context, r stages.Release, login *kube.Login
 		d.Pause(ctx, "deploy:wait")
 	}
 	t := time.Now()
-	failure := d.wait(ctx)
-	if failure == nil {
+	stuck := d.wait(ctx)
+	if stuck == nil {
 		d.say("rolled out in %s", time.Since(t).Round(time.Millisecond))
 		return d.clearSwitch(ctx)
 	}
-	if failure.outage {
-		return executor.Systemf("%s: the Kubernetes API server stopped answering during the rollout of %s (%s): the rollout goes on in the cluster; the next deploy, berth rollback %s or this job's cleanup checks it and undoes it if it cannot succeed", d.Env, r.Tag, failure.reason, d.Env)
+	if stuck.outage {
+		return failure.Systemf("%s: the Kubernetes API server stopped answering during the rollout of %s (%s): the rollout goes on in the cluster; the next deploy, berth rollback %s or this job's cleanup checks it and undoes it if it cannot succeed", d.Env, r.Tag, stuck.reason, d.Env)
 	}
-	d.say("the rollout cannot succeed (%s, after %s): undoing it", failure.reason, time.Since(t).Round(time.Millisecond))
+	d.say("the rollout cannot succeed (%s, after %s): undoing it", stuck.reason, time.Since(t).Round(time.Millisecond))
 	if prev == "" {
-		return executor.Buildf("%s: the rollout of %s failed: %s%s\nThere was no earlier revision to go back to.", d.Env, r.Tag, failure.reason, failure.details)
+		return failure.Buildf("%s: the rollout of %s failed: %s%s\nThere was no earlier revision to go back to.", d.Env, r.Tag, stuck.reason, stuck.details)
 	}
 	back, err := d.undo(context.WithoutCancel(ctx), prev, "failed") // a cancelled job too leaves the old version serving
 	if err != nil {
-		return executor.Systemf("%s: the rollout of %s failed (%s), and undoing it failed too: %v", d.Env, r.Tag, failure.reason, err)
+		return failure.Systemf("%s: the rollout of %s failed (%s), and undoing it failed too: %v", d.Env, r.Tag, stuck.reason, err)
 	}
-	return executor.Buildf("%s: the rollout of %s failed: %s%s\nUndone: revision %s (%s) serves again.", d.Env, r.Tag, failure.reason, failure.details, back.revision, back.image)
+	return failure.Buildf("%s: the rollout of %s failed: %s%s\nUndone: revision %s (%s) serves again.", d.Env, r.Tag, stuck.reason, stuck.details, back.revision, back.image)
 }
 
 func shortDigest(d string) string {
@@ -264,7 +264,7 @@ func (d *Driver) update(ctx context.Context, change func(*appsv1.Deployment)) er
 		return err
 	})
 	if err != nil {
-		return executor.Systemf("%s: update %s: %w", d.Env, d.where(), err)
+		return failure.Systemf("%s: update %s: %w", d.Env, d.where(), err)
 	}
 	return nil
 }
@@ -273,11 +273,11 @@ func (d *Driver) update(ctx context.Context, change func(*appsv1.Deployment)) er
 func (d *Driver) revisions(ctx context.Context, dep *appsv1.Deployment) ([]appsv1.ReplicaSet, error) {
 	sel, err := metav1.LabelSelectorAsSelector(dep.Spec.Selector)
 	if err != nil {
-		return nil, executor.Systemf("%s: selector of %s: %w", d.Env, d.where(), err)
+		return nil, failure.Systemf("%s: selector of %s: %w", d.Env, d.where(), err)
 	}
 	list, err := d.Client.AppsV1().ReplicaSets(d.Spec.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel.String()})
 	if err != nil {
-		return nil, executor.Systemf("%s: list the ReplicaSets of %s: %w", d.Env, d.where(), err)
+		return nil, failure.Systemf("%s: list the ReplicaSets of %s: %w", d.Env, d.where(), err)
 	}
 	var out []appsv1.ReplicaSet
 	for _, rs := range list.Items {
@@ -367,9 +367,9 @@ func imagesOf(t *corev1.PodTemplateSpec) string {
 	return strings.Join(out, ", ")
 }
 
-// failure is why a rollout cannot succeed, with the pods' events; or,
+// stuckRollout is why a rollout cannot succeed, with the pods' events; or,
 // with outage, that the API server stopped answering.
-type failure struct {
+type stuckRollout struct {
 	reason  string
 	details string
 	outage  bool
@@ -386,14 +386,14 @@ var stuckReasons = map[string]bool{
 // counts as they change, until it is complete, or cannot succeed: a new pod
 // stuck in a state that waiting does not fix, a pod unschedulable for
 // StuckAfter, ProgressDeadlineExceeded, or the rollout timeout.
-func (d *Driver) wait(ctx context.Context) *failure {
+func (d *Driver) wait(ctx context.Context) *stuckRollout {
 	deadline := time.Now().Add(d.Spec.RolloutTimeout.D())
 	unschedulableSince := map[string]time.Time{}
 	last := ""
 	var down time.Time // since when the API server does not answer
 	for {
 		dep, err := d.Client.AppsV1().Deployments(d.Spec.Namespace).Get(ctx, d.Spec.Deployment, metav1.GetOptions{})
-		if err != nil && ctx.Err() == nil && executor.IsOutage(err) {
+		if err != nil && ctx.Err() == nil && failure.IsOutage(err) {
 			// an API server that restarts: the rollout goes on in the
 			// cluster, so wait for it to answer again, a while
 			if down.IsZero() {
@@ -401,13 +401,13 @@ func (d *Driver) wait(ctx context.Context) *failure {
 				d.say("the API server does not answer (%v): retrying for %s", err, apiOutageWait)
 			}
 			if time.Since(down) > apiOutageWait {
-				return &failure{reason: "reading " + d.where() + ": " + err.Error(), outage: true}
+				return &stuckRollout{reason: "reading " + d.where() + ": " + err.Error(), outage: true}
 			}
 			time.Sleep(time.Second)
 			continue
 		}
 		if err != nil {
-			return &failure{reason: "reading " + d.where() + ": " + err.Error()}
+			return &stuckRollout{reason: "reading " + d.where() + ": " + err.Error()}
 		}
 		if !down.IsZero() {
 			d.say("the API server answers again after %s", time.Since(down).Round(time.Second))
@@ -444,7 +444,7 @@ func (d *Driver) wait(ctx context.Context) *failure {
 		}
 		select {
 		case <-ctx.Done():
-			return &failure{reason: "cancelled"}
+			return &stuckRollout{reason: "cancelled"}
 		case <-time.After(d.poll()):
 		}
 	}
@@ -498,8 +498,8 @@ func (d *Driver) stuck(ctx context.Context, dep *appsv1.Deployment, unschedulabl
 }
 
 // failed gathers the new pods' reasons and events for the job log.
-func (d *Driver) failed(ctx context.Context, dep *appsv1.Deployment, reason string) *failure {
-	f := &failure{reason: reason}
+func (d *Driver) failed(ctx context.Context, dep *appsv1.Deployment, reason string) *stuckRollout {
+	f := &stuckRollout{reason: reason}
 	pods, err := d.newPods(context.WithoutCancel(ctx), dep)
 	if err != nil || len(pods) == 0 {
 		return f
@@ -572,7 +572,7 @@ func (d *Driver) Recover(ctx context.Context) error {
 		d.say("it completed: revision %s serves", dep.Annotations[annRevision])
 		return d.clearSwitch(ctx)
 	case f.outage:
-		return executor.Systemf("%s: the API server does not answer: %s", d.Env, f.reason)
+		return failure.Systemf("%s: the API server does not answer: %s", d.Env, f.reason)
 	case prev == "":
 		d.say("it cannot succeed (%s), and there is no earlier revision", f.reason)
 		return d.clearSwitch(ctx)
@@ -580,7 +580,7 @@ func (d *Driver) Recover(ctx context.Context) error {
 	d.say("it cannot succeed (%s): undoing it", f.reason)
 	back, err := d.undo(ctx, prev, "interrupted")
 	if err != nil {
-		return executor.Systemf("%s: undo the interrupted rollout: %v", d.Env, err)
+		return failure.Systemf("%s: undo the interrupted rollout: %v", d.Env, err)
 	}
 	d.say("revision %s (%s) serves again", back.revision, back.image)
 	return nil

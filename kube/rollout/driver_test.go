@@ -16,7 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/kube"
 	"github.com/berthci/berth/stages"
@@ -192,7 +192,7 @@ func TestRolloutThatCannotSucceedIsUndoneFast(t *testing.T) {
 	err := f.d.Deploy(ctx, release("release-1.0.0", 2), nil)
 	took := time.Since(t0)
 	require.Error(t, err)
-	assert.Equal(t, executor.BuildFailure, executor.ClassOf(err))
+	assert.Equal(t, failure.BuildFailure, failure.ClassOf(err))
 	assert.Less(t, took, 30*time.Second, "well before the 2m rollout timeout")
 	assert.Contains(t, err.Error(), "unschedulable")
 	assert.Contains(t, err.Error(), "Insufficient cpu", "the scheduler's reason")

@@ -7,7 +7,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/stages"
 )
 
@@ -49,12 +49,12 @@ func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, er
 		if to != "" {
 			what = to
 		}
-		return stages.Record{}, executor.Buildf("%s: %s has no %s to roll back to (berth history %s lists its revisions): deploy it instead", d.Env, d.where(), what, d.Env)
+		return stages.Record{}, failure.Buildf("%s: %s has no %s to roll back to (berth history %s lists its revisions): deploy it instead", d.Env, d.where(), what, d.Env)
 	}
 	d.say("rolling back to revision %s (%s)", target.Annotations[annRevision], imagesOf(&target.Spec.Template))
 	back, err := d.restore(ctx, target, leaving, "rolled back by "+by)
 	if err != nil {
-		return stages.Record{}, executor.Buildf("%s: roll back to revision %s: %v", d.Env, target.Annotations[annRevision], err)
+		return stages.Record{}, failure.Buildf("%s: roll back to revision %s: %v", d.Env, target.Annotations[annRevision], err)
 	}
 	d.say("revision %s (%s) serves again", back.revision, back.image)
 	rec := recordOf(target, "serving")

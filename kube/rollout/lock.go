@@ -13,7 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/kube"
 	"github.com/berthci/berth/stages"
 )
@@ -63,14 +63,14 @@ func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duratio
 			return nil
 		}
 		if !apierrors.IsAlreadyExists(err) {
-			return executor.Systemf("%s: take the deploy lock (Lease %s in %s): %w", d.Env, d.leaseName(), d.Spec.Namespace, err)
+			return failure.Systemf("%s: take the deploy lock (Lease %s in %s): %w", d.Env, d.leaseName(), d.Spec.Namespace, err)
 		}
 		cur, err := leases.Get(ctx, d.leaseName(), metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			continue // released meanwhile
 		}
 		if err != nil {
-			return executor.Systemf("%s: read the deploy lock: %w", d.Env, err)
+			return failure.Systemf("%s: read the deploy lock: %w", d.Env, err)
 		}
 		holder, since := deref(cur.Spec.HolderIdentity), cur.Spec.AcquireTime
 		if why := staleLease(cur); why != "" {
@@ -87,11 +87,11 @@ func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duratio
 			told = true
 		}
 		if time.Now().After(deadline) {
-			return executor.Buildf("%s is still locked by %s after %s: retry the job, or raise lock_timeout for the environment", d.Env, holder, timeout)
+			return failure.Buildf("%s is still locked by %s after %s: retry the job, or raise lock_timeout for the environment", d.Env, holder, timeout)
 		}
 		select {
 		case <-ctx.Done():
-			return executor.Buildf("cancelled while waiting for the lock of %s", d.Env)
+			return failure.Buildf("cancelled while waiting for the lock of %s", d.Env)
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -105,14 +105,14 @@ func (d *Driver) Unlock(ctx context.Context, h stages.Holder) error {
 		return nil
 	}
 	if err != nil {
-		return executor.Systemf("%s: read the deploy lock: %w", d.Env, err)
+		return failure.Systemf("%s: read the deploy lock: %w", d.Env, err)
 	}
 	if cur.Annotations[annLockJob] != strconv.FormatInt(h.Job, 10) {
 		return nil // taken over meanwhile
 	}
 	err = leases.Delete(ctx, d.leaseName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &cur.ResourceVersion}})
 	if err != nil && !apierrors.IsNotFound(err) {
-		return executor.Systemf("%s: release the deploy lock: %w", d.Env, err)
+		return failure.Systemf("%s: release the deploy lock: %w", d.Env, err)
 	}
 	return nil
 }
@@ -165,7 +165,7 @@ func (d *Driver) RecoverHeld(ctx context.Context, h stages.Holder) error {
 		return nil
 	}
 	if err != nil {
-		return executor.Systemf("%s: read the deploy lock: %w", d.Env, err)
+		return failure.Systemf("%s: read the deploy lock: %w", d.Env, err)
 	}
 	if cur.Annotations[annLockJob] != strconv.FormatInt(h.Job, 10) {
 		return nil
@@ -205,7 +205,7 @@ func (d *Driver) pullSecret(ctx context.Context, l *kube.Login) error {
 	}
 	if err != nil {
 		// the error names the secret, never its content
-		return executor.Systemf("%s: create or refresh the image pull secret %s in %s: %v", d.Env, d.Spec.PullSecret, d.Spec.Namespace, apierrors.ReasonForError(err))
+		return failure.Systemf("%s: create or refresh the image pull secret %s in %s: %v", d.Env, d.Spec.PullSecret, d.Spec.Namespace, apierrors.ReasonForError(err))
 	}
 	return nil
 }
