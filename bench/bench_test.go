@@ -1,5 +1,5 @@
 // Package bench measures berth side by side with the shell-script way (the
-// bash driver in bashdriver.sh) on the same engine, in one run. bench/run.sh
+// bash side in bashdriver.sh) on the same engine, in one run. bench/run.sh
 // turns the output into docs/BENCHMARKS.md.
 //
 // The rig must be up (.ci/rig.sh up) and BERTH_BIN must name a built berth
@@ -19,9 +19,9 @@ import (
 	"time"
 )
 
-// driver is one side of a comparison: an executable plus the arguments the
+// side is one side of a comparison: an executable plus the arguments the
 // runner would pass before the protocol command.
-type driver struct {
+type side struct {
 	name string
 	exe  string
 	args []string
@@ -31,7 +31,7 @@ type env struct {
 	dir     string
 	shared  string // ../shared/gitlab-runner
 	repo    string
-	drivers []driver
+	drivers []side
 }
 
 func here() string {
@@ -53,7 +53,7 @@ func setup(b *testing.B) *env {
 	toml := filepath.Join(e.dir, "berth.toml")
 	body := fmt.Sprintf("builds_dir = %q\ncache_dir = %q\n[job]\ndefault_image = \"busybox:local\"\nhelper_image = \"berth-helper:local\"\n", filepath.Join(e.dir, "builds"), filepath.Join(e.dir, "cache"))
 	must(b, os.WriteFile(toml, []byte(body), 0o644))
-	e.drivers = []driver{
+	e.drivers = []side{
 		{name: "berth", exe: berth, args: []string{"--config", toml}},
 		{name: "bash", exe: filepath.Join(here(), "bashdriver.sh")},
 	}
@@ -62,7 +62,7 @@ func setup(b *testing.B) *env {
 	if before := os.Getenv("BERTH_BEFORE_BIN"); before != "" {
 		old := filepath.Join(e.dir, "before.toml")
 		must(b, os.WriteFile(old, []byte(strings.Replace(body, "helper_image = \"berth-helper:local\"\n", "", 1)), 0o644))
-		e.drivers = append(e.drivers, driver{name: "before", exe: before, args: []string{"--config", old}})
+		e.drivers = append(e.drivers, side{name: "before", exe: before, args: []string{"--config", old}})
 	}
 	e.repo = filepath.Join(e.dir, "repo")
 	for _, args := range [][]string{{"init", "-q", "-b", "master", e.repo}, {"-C", e.repo, "commit", "-q", "--allow-empty", "-m", "x"}} {
@@ -94,7 +94,7 @@ func (e *env) payload(b *testing.B, id int) string {
 }
 
 // call runs one protocol command the way the runner does.
-func (e *env) call(b *testing.B, d driver, payload string, id int, cmd ...string) {
+func (e *env) call(b *testing.B, d side, payload string, id int, cmd ...string) {
 	c := exec.Command(d.exe, append(append([]string{}, d.args...), cmd...)...)
 	c.Env = append(os.Environ(), "JOB_RESPONSE_FILE="+payload, fmt.Sprintf("CUSTOM_ENV_CI_JOB_ID=%d", id),
 		"CUSTOM_ENV_CI_JOB_IMAGE=busybox:local", "BUILD_FAILURE_EXIT_CODE=1", "SYSTEM_FAILURE_EXIT_CODE=2",

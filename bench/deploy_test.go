@@ -13,6 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthci/berth/stages/containers"
+	"github.com/berthci/berth/stages/driver"
+	"github.com/berthci/berth/stages/target"
+
 	"github.com/docker/docker/client"
 
 	"github.com/berthci/berth/executor/settings"
@@ -88,12 +92,12 @@ func waitServing(b *testing.B, want string) {
 
 // webDriver is the master flow's driver as berth wires it, its anchor made
 // of BERTH_BIN.
-func webDriver(b *testing.B, c *client.Client, name string) *stages.ContainerDriver {
+func webDriver(b *testing.B, c *client.Client, name string) *containers.Driver {
 	bin := os.Getenv("BERTH_BIN")
 	if bin == "" {
 		b.Skip("BERTH_BIN is not set: run make bench")
 	}
-	return &stages.ContainerDriver{Env: "web", Engine: c, Creds: &stages.Credentials{}, Out: nopWriter{}, AnchorBinary: bin, Spec: settings.ContainerSpec{
+	return &containers.Driver{Env: "web", Engine: c, Creds: &target.Credentials{}, Out: nopWriter{}, AnchorBinary: bin, Spec: settings.ContainerSpec{
 		Name: name, Ports: []string{"127.0.0.1:" + benchPort + ":5000"}, HealthURL: benchURL + "health",
 		HealthTimeout: settings.Duration(20 * time.Second), StopTimeout: settings.Duration(10 * time.Second), Keep: 2,
 		PortsOn: settings.PortsOnAnchor,
@@ -104,9 +108,9 @@ type nopWriter struct{}
 
 func (nopWriter) Write(p []byte) (int, error) { return len(p), nil }
 
-func release(ref string) stages.Release {
+func release(ref string) driver.Release {
 	digest := ref[strings.Index(ref, "@")+1:]
-	return stages.Release{Env: "web", Image: ref, Digest: digest, Tag: "latest", Ref: "master", Pipeline: 1, Job: time.Now().UnixNano() % 1e6, By: "bench"}
+	return driver.Release{Env: "web", Image: ref, Digest: digest, Tag: "latest", Ref: "master", Pipeline: 1, Job: time.Now().UnixNano() % 1e6, By: "bench"}
 }
 
 // prober counts failed requests and the longest gap between two answered
@@ -246,7 +250,7 @@ func BenchmarkRelease(b *testing.B) {
 	testedDigest = testedDigest[strings.Index(testedDigest, "@")+1:]
 	ctx := context.Background()
 	b.Run("berth", func(b *testing.B) {
-		reg := &stages.Registry{Creds: &stages.Credentials{}, Out: nopWriter{}, Retries: 0, Sleep: time.Sleep}
+		reg := &stages.Registry{Creds: &target.Credentials{}, Out: nopWriter{}, Retries: 0, Sleep: time.Sleep}
 		same := 1.0
 		timed(b, nil, func(i int) {
 			got, err := reg.Tag(ctx, tested, fmt.Sprintf("%s:v1.0.%d", benchRepo, i))

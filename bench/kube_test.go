@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthci/berth/stages/driver"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -19,7 +21,6 @@ import (
 
 	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/kube/rollout"
-	"github.com/berthci/berth/stages"
 )
 
 // The kube benchmark of issue 5: a rollout that can never succeed (no room
@@ -144,7 +145,7 @@ func BenchmarkKubeFailedRollout(b *testing.B) {
 				Spec: settings.KubeSpec{Namespace: ns, Deployment: "app", RolloutTimeout: settings.Duration(5 * time.Minute)}}
 			digest := fmt.Sprintf("sha256:%064x", time.Now().UnixNano())
 			t0 := time.Now()
-			err := d.Deploy(ctx, stages.Release{Env: "alpha", Image: benchRepo + "@" + digest, Digest: digest, Tag: "bad", By: "bench"}, nil)
+			err := d.Deploy(ctx, driver.Release{Env: "alpha", Image: benchRepo + "@" + digest, Digest: digest, Tag: "bad", By: "bench"}, nil)
 			end := time.Now()
 			if err == nil || out.at.IsZero() {
 				b.Fatalf("the rollout should have failed and been undone: %v\n%s", err, out.buf.String())

@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthci/berth/stages/driver"
+	"github.com/berthci/berth/stages/target"
+
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
@@ -32,10 +35,10 @@ func realEngine(t *testing.T) *client.Client { return enginetest.EngineAndRegist
 
 // release builds and pushes an image of the rig's app on busybox (for the
 // health check's wget); broken ones exit at start.
-func release(t *testing.T, c *client.Client, repo, version string, broken bool) stages.Release {
+func release(t *testing.T, c *client.Client, repo, version string, broken bool) driver.Release {
 	t.Helper()
 	ctx := context.Background()
-	im := &stages.Images{Engine: c, Creds: &stages.Credentials{}, Out: io.Discard, Retries: 1, Sleep: func(time.Duration) {}}
+	im := &stages.Images{Engine: c, Creds: &target.Credentials{}, Out: io.Discard, Retries: 1, Sleep: func(time.Duration) {}}
 	df := fmt.Sprintf("FROM busybox:local\nCOPY --from=web:local /app /app\nENV APP_VERSION=%s\nENTRYPOINT [\"/app\"]\n", version)
 	if broken {
 		df += "ENTRYPOINT [\"sh\", \"-c\", \"echo cannot start: no database; exit 3\"]\n"
@@ -47,7 +50,7 @@ func release(t *testing.T, c *client.Client, repo, version string, broken bool) 
 	require.NoError(t, err)
 	digest, err := im.Push(ctx, ref)
 	require.NoError(t, err)
-	return stages.Release{Env: "integration", Image: repo + "@" + digest, Digest: digest, Tag: "develop", Ref: "develop", Pipeline: 1, Job: time.Now().UnixNano() % 1e6, By: "tester"}
+	return driver.Release{Env: "integration", Image: repo + "@" + digest, Digest: digest, Tag: "develop", Ref: "develop", Pipeline: 1, Job: time.Now().UnixNano() % 1e6, By: "tester"}
 }
 
 const composeFile = `services:
@@ -87,7 +90,7 @@ func newFixture(t *testing.T, port int) *fixture {
 	require.NoError(t, err)
 	var out bytes.Buffer
 	d := &compose.Driver{
-		Env: "integration", Engine: c, Apply: svc, Creds: &stages.Credentials{}, Out: &out, Dir: dir,
+		Env: "integration", Engine: c, Apply: svc, Creds: &target.Credentials{}, Out: &out, Dir: dir,
 		Spec: settings.ComposeSpec{Project: project, WaitTimeout: settings.Duration(30 * time.Second), Keep: 10},
 	}
 	t.Cleanup(func() {
@@ -133,8 +136,8 @@ func TestComposeDeployRollOutAndRollBack(t *testing.T) {
 	ins, err := f.c.ContainerInspect(ctx, first["web"].ID)
 	require.NoError(t, err)
 	assert.Contains(t, ins.Config.Env, "GREETING=hello from .env", "interpolated from .env")
-	assert.Equal(t, "integration", first["web"].Labels[stages.LabelEnv])
-	assert.Empty(t, first["db"].Labels[stages.LabelEnv], "only the chosen services take berth's labels")
+	assert.Equal(t, "integration", first["web"].Labels[driver.LabelEnv])
+	assert.Empty(t, first["db"].Labels[driver.LabelEnv], "only the chosen services take berth's labels")
 
 	// what `docker compose -p NAME ps` sees, through compose itself
 	svc, err := apply.New(f.c, false)
@@ -208,7 +211,7 @@ func TestComposeServicesMustExist(t *testing.T) {
 func TestComposeLockIsTheEnvironmentsLock(t *testing.T) {
 	f := newFixture(t, 16023)
 	ctx := context.Background()
-	h := stages.Holder{Job: 1, Pipeline: 1, By: "a", Deadline: time.Now().Add(time.Hour)}
+	h := driver.Holder{Job: 1, Pipeline: 1, By: "a", Deadline: time.Now().Add(time.Hour)}
 	unlock, err := f.d.Lock(ctx, h, time.Second)
 	require.NoError(t, err)
 	h.Job = 2

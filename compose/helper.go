@@ -3,9 +3,9 @@ package compose
 import (
 	"context"
 	"io"
+	"time"
 
-	"github.com/berthci/berth/executor/failure"
-	"github.com/berthci/berth/stages"
+	"github.com/berthci/berth/stages/driver"
 )
 
 // HelperName is the binary that runs docker compose for berth.
@@ -20,24 +20,13 @@ type Helper struct {
 // FindHelper looks for berth-compose next to berth's own binary, then on
 // PATH.
 func FindHelper(log io.Writer) (Helper, error) {
-	p, err := stages.FindHelper(HelperName)
+	p, err := driver.FindHelper(HelperName)
 	return Helper{Path: p, Log: log}, err
 }
 
 // Apply runs the helper once.
 func (h Helper) Apply(ctx context.Context, req Request) (Result, error) {
 	var res Result
-	err := stages.RunHelper(ctx, h.Path, req, &res, h.Log)
+	err := driver.RunHelper(ctx, h.Path, req, &res, h.Log, req.WaitTimeout+time.Minute) // time to put the previous digest back
 	return res, err
-}
-
-// Err is a Result's error with its class, or nil.
-func (r Result) Err() error {
-	if r.Error == "" {
-		return nil
-	}
-	if r.Class == ClassBuild || r.Class == ClassInvalid {
-		return failure.Buildf("%s", r.Error)
-	}
-	return failure.Systemf("%s", r.Error)
 }

@@ -12,6 +12,8 @@ package compose
 import (
 	"context"
 	"time"
+
+	"github.com/berthci/berth/stages/driver"
 )
 
 // Request asks berth-compose to bring a project up with some services on
@@ -41,23 +43,14 @@ type Request struct {
 	Reserved []string `json:"reserved,omitempty"`
 }
 
-// Classes of a Result's error.
-const (
-	// ClassInvalid: the project did not load or was refused; nothing on
-	// the target changed. The job's fault.
-	ClassInvalid = "invalid"
-	// ClassBuild: the project did not come up. The job's fault.
-	ClassBuild = "build"
-	// ClassSystem: the helper could not reach the engine.
-	ClassSystem = "system"
-)
-
 // Result is berth-compose's answer.
 type Result struct {
-	// Error is why the project did not come up (or did not load); empty on
-	// success. Class says whose fault it is and what changed.
-	Error string `json:"error,omitempty"`
-	Class string `json:"class,omitempty"`
+	// Answer is why the project did not come up, empty on success; its
+	// class says whose fault it is and what changed: driver.ClassInvalid,
+	// the project did not load or was refused and nothing changed;
+	// ClassBuild, it did not come up; ClassSystem, the engine did not
+	// answer.
+	driver.Answer
 	// Failing is the service that did not come up, and Logs its last lines.
 	Failing string `json:"failing,omitempty"`
 	Logs    string `json:"logs,omitempty"`

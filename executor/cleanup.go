@@ -16,6 +16,7 @@ import (
 	"github.com/docker/docker/errdefs"
 
 	"github.com/berthci/berth/executor/failure"
+	"github.com/berthci/berth/stages/driver"
 )
 
 // Cleanup removes everything the job created: its containers, its network
@@ -36,7 +37,7 @@ func (e *Executor) Cleanup(ctx context.Context) error {
 	errs = append(errs, err)
 	// deploy locks this job still holds on this engine: a cancelled or
 	// crashed deploy never leaves one behind
-	locks := filters.NewArgs(filters.Arg("label", LabelLockJob+"="+e.Job.IDString()))
+	locks := filters.NewArgs(filters.Arg("label", driver.LabelLockJob+"="+e.Job.IDString()))
 	_, err = e.removeContainers(ctx, container.ListOptions{All: true, Filters: locks})
 	errs = append(errs, err)
 	nets, err := e.Engine.NetworkList(ctx, network.ListOptions{Filters: e.jobFilter()})

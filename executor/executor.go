@@ -2,7 +2,6 @@ package executor
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/sirupsen/logrus"
 
+	"github.com/berthci/berth/executor/joblog"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -90,9 +90,9 @@ func JobDir(s *settings.Settings, j *Job) string {
 	return filepath.Join(s.BuildsDir, j.IDString())
 }
 
-// stepf writes one line of the job log.
+// stepf writes one step line of the job log.
 func (e *Executor) stepf(format string, args ...any) {
-	fmt.Fprintf(e.Out, format+"\n", args...)
+	joblog.Step(e.Out, format, args...)
 }
 
 func since(t time.Time) string {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/berthci/berth/executor/failure"
+	"github.com/berthci/berth/executor/stop"
 )
 
 // A stage in the helper container costs a `docker exec` each (runc starts
@@ -198,17 +199,10 @@ func (e *Executor) runViaHelper(ctx context.Context, script io.Reader, stage str
 	case res = <-done:
 	case <-ctx.Done():
 		grace := e.Settings.Job.StopGrace.D()
-		e.stepf("berth: cancelled, stopping the script (TERM, KILL after %s)", grace)
-		_, _ = c.Write([]byte{controlTerm})
-		select {
-		case <-done:
-		case <-time.After(grace):
-			_, _ = c.Write([]byte{controlKill})
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-			}
-		}
+		e.stepf("cancelled, stopping the script (TERM, KILL after %s)", grace)
+		stop.Gracefully(done, grace,
+			func() { _, _ = c.Write([]byte{controlTerm}) },
+			func() { _, _ = c.Write([]byte{controlKill}) })
 		return errCancelled
 	}
 	if res.err != nil {

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/filters"
+
+	"github.com/berthci/berth/executor/engine"
 )
 
 // Labels berth puts on everything it creates for a job, so cleanup and sweep
@@ -13,16 +15,12 @@ const (
 	LabelJob      = "berth.job"      // job id
 	LabelPipeline = "berth.pipeline" // pipeline id
 	LabelProject  = "berth.project"  // project full path
-	LabelRole     = "berth.role"     // "job" or "service"
+	LabelRole     = engine.LabelRole // "job" or "service"
 	LabelDeadline = "berth.deadline" // RFC 3339; past it the job is surely over
 	LabelVersion  = "berth.version"  // berth version that made it
 
 	RoleJob     = "job"
 	RoleService = "service"
-
-	// LabelLockJob marks a deploy lock with the job that holds it, so that
-	// cleanup removes the locks of its own job.
-	LabelLockJob = "berth.lock.job"
 )
 
 // deadlineMargin is added to the job timeout: the runner needs time after a

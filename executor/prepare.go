@@ -18,6 +18,7 @@ import (
 
 	"github.com/berthci/berth/executor/api"
 	"github.com/berthci/berth/executor/failure"
+	"github.com/berthci/berth/executor/joblog"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -29,8 +30,8 @@ func (e *Executor) Prepare(ctx context.Context) error {
 	if img == "" {
 		img = e.Settings.Job.DefaultImage
 	}
-	e.stepf("berth %s · job %d · ref %s (%s) · stage %s · image %s",
-		e.Version, e.Job.ID, e.Job.Ref, e.Job.RefType, e.Job.Stage, orNone(img))
+	joblog.Banner(e.Out, e.Version, fmt.Sprintf("job %d", e.Job.ID), fmt.Sprintf("ref %s (%s)", e.Job.Ref, e.Job.RefType),
+		"stage "+e.Job.Stage, "image "+orNone(img))
 	if e.Check != nil {
 		if err := e.Check(); err != nil {
 			return err
@@ -76,7 +77,7 @@ func (e *Executor) Prepare(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		e.stepf("berth: native stage without after_script: no job container needed; helper started (%s)", since(t))
+		e.stepf("native stage without after_script: no job container needed; helper started (%s)", since(t))
 		return nil
 	}
 	t = e.Now()
@@ -87,7 +88,7 @@ func (e *Executor) Prepare(ctx context.Context) error {
 			return err
 		}
 		started = append(started, s)
-		e.stepf("berth: service %s started as %s", svc.Name, strings.Join(s.aliases, ", "))
+		e.stepf("service %s started as %s", svc.Name, strings.Join(s.aliases, ", "))
 	}
 	svcTook := since(t)
 
@@ -114,9 +115,9 @@ func (e *Executor) Prepare(ctx context.Context) error {
 	if err := e.startHelper(ctx, helperID); err != nil {
 		return err
 	}
-	e.stepf("berth: container %s and its helper started (%s)", ContainerName(e.Job), since(t))
+	e.stepf("container %s and its helper started (%s)", ContainerName(e.Job), since(t))
 	e.waitServices(ctx, started)
-	e.stepf("berth: prepared in %s (images %s, services %s)", since(start), pullTook, svcTook)
+	e.stepf("prepared in %s (images %s, services %s)", since(start), pullTook, svcTook)
 	return nil
 }
 
@@ -133,9 +134,9 @@ func (e *Executor) pullFor(what, ref string, asked []string) error {
 		return err
 	}
 	if pulled {
-		e.stepf("berth: %s %s pulled (%s)", what, ref, since(t))
+		e.stepf("%s %s pulled (%s)", what, ref, since(t))
 	} else {
-		e.stepf("berth: %s %s present", what, ref)
+		e.stepf("%s %s present", what, ref)
 	}
 	return nil
 }
@@ -321,7 +322,7 @@ func (e *Executor) waitServices(ctx context.Context, services []serviceRef) {
 			}
 			addr := net.JoinHostPort(ep.IPAddress, port.Port())
 			if !dialUntil(ctx, addr, deadline) {
-				e.stepf("berth: warning: service %s did not open port %s within %s", s.name, port.Port(), e.Settings.Job.ServiceWait.D())
+				e.stepf("warning: service %s did not open port %s within %s", s.name, port.Port(), e.Settings.Job.ServiceWait.D())
 			}
 		}
 	}

@@ -2,10 +2,6 @@ package executor
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"io"
 	"slices"
 	"strings"
 	"time"
@@ -15,6 +11,7 @@ import (
 	"github.com/docker/docker/api/types/registry"
 	"github.com/docker/docker/errdefs"
 
+	"github.com/berthci/berth/executor/engine"
 	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
@@ -70,7 +67,7 @@ func (e *Executor) ensureHelperImage() error {
 	if err := e.pullWith(ctx, ref, ""); err != nil {
 		return failure.Systemf("helper image: %v (set job.helper_image in berth.toml to an image with git and bash that this engine can pull)", err)
 	}
-	e.stepf("berth: helper image %s pulled (%s)", ref, since(t))
+	e.stepf("helper image %s pulled (%s)", ref, since(t))
 	return nil
 }
 
@@ -92,7 +89,7 @@ func (e *Executor) pullWith(ctx context.Context, ref, auth string) error {
 	defer cancel()
 	rc, err := e.Engine.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: auth})
 	if err == nil {
-		err = ReadProgress(rc)
+		err = engine.ReadProgress(rc)
 		rc.Close()
 	}
 	if err == nil {
@@ -103,28 +100,6 @@ func (e *Executor) pullWith(ctx context.Context, ref, auth string) error {
 		return failure.Buildf("image %s not found (%s): check the image name and tag in .gitlab-ci.yml, and that the registry has it", ref, msg)
 	}
 	return failure.Systemf("pull image %s: %s", ref, msg)
-}
-
-// ReadProgress reads the engine's progress messages to the end: a failed
-// pull reports its error in the stream, not in the HTTP status.
-func ReadProgress(r io.Reader) error {
-	dec := json.NewDecoder(r)
-	for {
-		var m struct {
-			Error       string `json:"error"`
-			ErrorDetail struct {
-				Message string `json:"message"`
-			} `json:"errorDetail"`
-		}
-		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
-			return nil
-		} else if err != nil {
-			return fmt.Errorf("read pull progress: %w", err)
-		}
-		if m.Error != "" {
-			return errors.New(m.Error)
-		}
-	}
 }
 
 func isMissingImage(err error) bool {

@@ -11,6 +11,7 @@ import (
 	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/berthci/berth/executor/failure"
+	"github.com/berthci/berth/executor/stop"
 )
 
 // detectShell runs the script with bash where the image has it, else sh.
@@ -70,7 +71,7 @@ func (e *Executor) runIn(ctx context.Context, name, scriptPath, stage string) er
 	}
 	defer f.Close()
 	if name == ContainerName(e.Job) {
-		e.stepf("berth: %s in container %s", stage, name)
+		e.stepf("%s in container %s", stage, name)
 	}
 
 	// The exec outlives ctx: on cancel we stop the script ourselves and
@@ -125,17 +126,11 @@ func (e *Executor) runIn(ctx context.Context, name, scriptPath, stage string) er
 // after_script and cleanup.
 func (e *Executor) stopScript(ctx context.Context, name string, done <-chan error) {
 	grace := e.Settings.Job.StopGrace.D()
-	e.stepf("berth: cancelled, stopping the script (TERM, KILL after %s)", grace)
-	e.signalAll(ctx, name, "TERM")
-	select {
-	case <-done:
-		return
-	case <-time.After(grace):
-	}
-	e.signalAll(ctx, name, "KILL")
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
+	e.stepf("cancelled, stopping the script (TERM, KILL after %s)", grace)
+	ended := stop.Gracefully(done, grace,
+		func() { e.signalAll(ctx, name, "TERM") },
+		func() { e.signalAll(ctx, name, "KILL") })
+	if !ended {
 		e.Log.Warnf("job %d: script output did not end after KILL", e.Job.ID)
 	}
 }

@@ -34,11 +34,6 @@ const (
 	VarBuildArgPrefix JobVar = "BERTH_BUILD_ARG_"
 )
 
-// ProjectDirEnv is where the runner says it checked the sources out. A job
-// can set CI_PROJECT_DIR, so berth uses it only below the job's own builds
-// dir (which berth names from the payload's job id).
-const ProjectDirEnv = "CUSTOM_ENV_CI_PROJECT_DIR"
-
 // Var is a job variable's value, and whether it is set; the last
 // definition wins, as in the job's own shell.
 func (j *Job) Var(key JobVar) (string, bool) {

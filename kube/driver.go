@@ -14,9 +14,9 @@ import (
 	"io"
 	"time"
 
-	"github.com/berthci/berth/executor/failure"
+	"github.com/berthci/berth/stages/driver"
+
 	"github.com/berthci/berth/executor/settings"
-	"github.com/berthci/berth/stages"
 )
 
 // HelperName is the binary that talks to Kubernetes for berth.
@@ -45,8 +45,8 @@ type Request struct {
 	Op          string            `json:"op"`
 	Env         string            `json:"env"`
 	Spec        settings.KubeSpec `json:"spec"`
-	Release     stages.Release    `json:"release,omitempty"`
-	Holder      stages.Holder     `json:"holder,omitempty"`
+	Release     driver.Release    `json:"release,omitempty"`
+	Holder      driver.Holder     `json:"holder,omitempty"`
 	LockTimeout time.Duration     `json:"lock_timeout,omitempty"`
 	To          string            `json:"to,omitempty"`
 	By          string            `json:"by,omitempty"`
@@ -57,23 +57,10 @@ type Request struct {
 // Result is berth-kube's answer on its stdout; job-log lines go to its
 // stderr as they happen.
 type Result struct {
-	Error   string          `json:"error,omitempty"`
-	Class   string          `json:"class,omitempty"` // "build" (the job's fault) or "system"
-	Record  stages.Record   `json:"record,omitempty"`
-	History []stages.Record `json:"history,omitempty"`
+	driver.Answer
+	Record  driver.Record   `json:"record,omitempty"`
+	History []driver.Record `json:"history,omitempty"`
 	Owner   string          `json:"owner,omitempty"`
-}
-
-// Err is a Result's error with its class, or nil.
-func (r Result) Err() error {
-	switch {
-	case r.Error == "":
-		return nil
-	case r.Class == "build":
-		return failure.Buildf("%s", r.Error)
-	default:
-		return failure.Systemf("%s", r.Error)
-	}
 }
 
 // Driver is berth's side of a kube environment.
@@ -88,22 +75,23 @@ type Driver struct {
 	Out   io.Writer
 	// holder is the job that took the lock, which the helper renews while
 	// it deploys or rolls back.
-	holder stages.Holder
+	holder driver.Holder
 }
 
-var _ stages.Driver = (*Driver)(nil)
+var _ driver.Driver = (*Driver)(nil)
 
 func (d *Driver) run(ctx context.Context, req Request) (Result, error) {
 	req.Env, req.Spec = d.Env, d.Spec
 	var res Result
-	if err := stages.RunHelper(ctx, d.Helper, req, &res, d.Out); err != nil {
+	grace := d.Spec.RolloutTimeout.D() + time.Minute // time to undo a rollout
+	if err := driver.RunHelper(ctx, d.Helper, req, &res, d.Out, grace); err != nil {
 		return res, err
 	}
 	return res, res.Err()
 }
 
 // Lock takes the environment's Lease; unlock gives it back.
-func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duration) (func(), error) {
+func (d *Driver) Lock(ctx context.Context, h driver.Holder, timeout time.Duration) (func(), error) {
 	if _, err := d.run(ctx, Request{Op: OpLock, Holder: h, LockTimeout: timeout}); err != nil {
 		return nil, err
 	}
@@ -115,7 +103,7 @@ func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duratio
 
 // Deploy sets the image by digest and waits for the rollout; a rollout that
 // cannot succeed is undone.
-func (d *Driver) Deploy(ctx context.Context, r stages.Release) error {
+func (d *Driver) Deploy(ctx context.Context, r driver.Release) error {
 	req := Request{Op: OpDeploy, Release: r, Holder: d.holder}
 	if d.Login != nil && d.Spec.PullSecret != "" {
 		req.Login = d.Login(r.Image)
@@ -126,13 +114,13 @@ func (d *Driver) Deploy(ctx context.Context, r stages.Release) error {
 
 // Rollback goes back to the previous revision, or to the one (or the
 // digest) to names.
-func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, error) {
+func (d *Driver) Rollback(ctx context.Context, to, by string) (driver.Record, error) {
 	res, err := d.run(ctx, Request{Op: OpRollback, To: to, By: by, Holder: d.holder})
 	return res.Record, err
 }
 
 // History lists the Deployment's revisions, newest first.
-func (d *Driver) History(ctx context.Context) ([]stages.Record, error) {
+func (d *Driver) History(ctx context.Context) ([]driver.Record, error) {
 	res, err := d.run(ctx, Request{Op: OpHistory})
 	return res.History, err
 }
@@ -147,6 +135,6 @@ func (d *Driver) Owner(ctx context.Context, claim string) (string, error) {
 // Recover finishes a rollout that job, killed, left (one that cannot
 // succeed is undone) and releases its Lease.
 func (d *Driver) Recover(ctx context.Context, job int64) error {
-	_, err := d.run(ctx, Request{Op: OpRecover, Holder: stages.Holder{Job: job}})
+	_, err := d.run(ctx, Request{Op: OpRecover, Holder: driver.Holder{Job: job}})
 	return err
 }

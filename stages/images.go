@@ -4,17 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/berthci/berth/stages/driver"
+	"github.com/berthci/berth/stages/target"
+
 	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/image"
 
 	"github.com/berthci/berth/executor/failure"
+	"github.com/berthci/berth/executor/joblog"
 )
 
 // ImageEngine is the part of the Engine API that builds and pushes.
@@ -27,7 +30,7 @@ type ImageEngine interface {
 // Images builds and pushes through one engine.
 type Images struct {
 	Engine  ImageEngine
-	Creds   *Credentials
+	Creds   *target.Credentials
 	Out     io.Writer // the job log
 	Retries int
 	// Sleep waits between retries; tests make it instant.
@@ -153,7 +156,7 @@ func (im *Images) readBuild(r io.Reader) (string, error) {
 					if v.cached {
 						cached = " (cached)"
 					}
-					fmt.Fprintf(im.Out, "berth:   %s%s\n", v.name, cached)
+					joblog.Step(im.Out, "  %s%s", v.name, cached)
 				}
 			}
 		case len(m.Aux) > 0:
@@ -163,7 +166,7 @@ func (im *Images) readBuild(r io.Reader) (string, error) {
 			}
 		case strings.HasPrefix(m.Stream, "Step "):
 			lastStep = strings.TrimSpace(m.Stream)
-			fmt.Fprintf(im.Out, "berth:   %s\n", lastStep)
+			joblog.Step(im.Out, "  %s", lastStep)
 		}
 	}
 	if imageID == "" {
@@ -180,7 +183,7 @@ func (im *Images) Push(ctx context.Context, ref string) (string, error) {
 		return "", err
 	}
 	var digest string
-	last := withRetries(ctx, im.Retries, im.Sleep, im.Out, "push failed", func() (err error) {
+	last := driver.Retry(ctx, im.Retries, im.Sleep, im.Out, "push failed", func() (err error) {
 		digest, err = im.pushOnce(ctx, ref, auth)
 		return err
 	})
@@ -219,23 +222,6 @@ func (im *Images) pushOnce(ctx context.Context, ref, auth string) (string, error
 	return digest, nil
 }
 
-// withRetries runs f, and again after a transient error with doubling
-// waits from half a second, up to retries more times.
-func withRetries(ctx context.Context, retries int, sleep func(time.Duration), out io.Writer, what string, f func() error) error {
-	var err error
-	for attempt := 0; attempt <= retries; attempt++ {
-		if attempt > 0 {
-			wait := time.Duration(1<<(attempt-1)) * 500 * time.Millisecond
-			fmt.Fprintf(out, "berth:   %s (%v), retry %d/%d in %s\n", what, err, attempt, retries, wait)
-			sleep(wait)
-		}
-		if err = f(); err == nil || !transient(err) || ctx.Err() != nil {
-			return err
-		}
-	}
-	return err
-}
-
 // registryFault classes a registry error: an outage or refused
 // credentials are the host's (the runner retries the job), anything else,
 // a tag or repository that is not there, the job's.
@@ -245,18 +231,4 @@ func registryFault(err error, format string, args ...any) error {
 		return failure.Systemf(format, args...)
 	}
 	return failure.Buildf(format, args...)
-}
-
-// transient says whether a registry error may go away on its own.
-func transient(err error) bool {
-	if _, ok := err.(permanent); ok {
-		return false
-	}
-	s := strings.ToLower(err.Error())
-	for _, permanent := range []string{"unauthorized", "denied", "authentication required", "forbidden", "not found", "invalid reference"} {
-		if strings.Contains(s, permanent) {
-			return false
-		}
-	}
-	return true
 }

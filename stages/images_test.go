@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/berthci/berth/executor/failure"
+	"github.com/berthci/berth/stages/driver"
 )
 
 func TestBuildStampsLabelsAndPushRecordsDigest(t *testing.T) {
@@ -79,7 +80,7 @@ func TestTransient(t *testing.T) {
 		"unauthorized: authentication required":                    false,
 		"denied: requested access to the resource is denied":       false,
 	} {
-		assert.Equal(t, want, transient(errString(msg)), msg)
+		assert.Equal(t, want, driver.Transient(errString(msg)), msg)
 	}
 }
 

@@ -7,11 +7,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berthci/berth/stages/driver"
+
 	"github.com/distribution/reference"
 
 	"github.com/berthci/berth/executor"
 	"github.com/berthci/berth/executor/api"
 	"github.com/berthci/berth/executor/failure"
+	"github.com/berthci/berth/executor/joblog"
 	"github.com/berthci/berth/executor/settings"
 )
 
@@ -23,22 +26,22 @@ type Native struct {
 	ProjectDir string // the checked-out sources
 	Images     *Images
 	Registry   *Registry
-	// Driver opens an environment's driver.
-	Driver func(env string) (Driver, error)
-	Out    io.Writer
+	// Envs deploys and rolls back berth.toml's environments.
+	Envs *Environments
+	Out  io.Writer
 }
 
 // Run does what the plan says and ends with one summary line.
 func (n *Native) Run(ctx context.Context) error {
 	start := time.Now()
 	p := n.Plan
-	fmt.Fprintf(n.Out, "berth: stage %s is native (%s): the job's script lines are not run\n", n.Job.Stage, p.Action)
+	joblog.Step(n.Out, "stage %s is native (%s): the job's script lines are not run", n.Job.Stage, p.Action)
 	rollback, err := n.wantsRollback()
 	if err != nil {
 		return err
 	}
 	if p.Flow == nil {
-		fmt.Fprintf(n.Out, "berth: no flow in berth.toml matches %s %s: nothing to %s\n", n.Job.RefType, n.Job.Ref, p.Action)
+		joblog.Step(n.Out, "no flow in berth.toml matches %s %s: nothing to %s", n.Job.RefType, n.Job.Ref, p.Action)
 		return nil
 	}
 	if rollback {
@@ -71,15 +74,15 @@ func (n *Native) Run(ctx context.Context) error {
 	}
 	pinned := repo + "@" + digest
 	if !deploying {
-		fmt.Fprintf(n.Out, "berth: done in %s: %s is %s\n", since(start), tagRef, digest)
+		joblog.Step(n.Out, "done in %s: %s is %s", since(start), tagRef, digest)
 		return nil
 	}
-	rel := Release{Env: p.Env, Image: pinned, Digest: digest, Tag: p.ImageTag, Ref: n.Job.Ref, Sha: n.Job.Sha,
+	rel := driver.Release{Env: p.Env, Image: pinned, Digest: digest, Tag: p.ImageTag, Ref: n.Job.Ref, Sha: n.Job.Sha,
 		Pipeline: n.Job.Pipeline, Job: n.Job.ID, By: n.by(), Project: n.Job.Project, Flow: p.Flow.Name}
-	if err := n.deploy(ctx, rel); err != nil {
+	if err := n.Envs.Deploy(ctx, rel, DeployOptions{Timeout: n.Job.Timeout}); err != nil {
 		return err
 	}
-	fmt.Fprintf(n.Out, "berth: done in %s: %s runs %s (%s)\n", since(start), p.Env, pinned, p.ImageTag)
+	joblog.Step(n.Out, "done in %s: %s runs %s (%s)", since(start), p.Env, pinned, p.ImageTag)
 	return nil
 }
 
@@ -111,7 +114,7 @@ func (n *Native) released(ctx context.Context, tagRef string) (string, error) {
 		return "", failure.Buildf("%s (%s) was built from %s, not from %s, the commit of tag %s: the tag was pushed to the registry again after its release job; run the release job of %s again, and find out who pushed it",
 			tagRef, digest, short(rev), short(n.Job.Sha), n.Job.Ref, n.Job.Ref)
 	}
-	fmt.Fprintf(n.Out, "berth: %s is %s, built from %s\n", tagRef, digest, short(rev))
+	joblog.Step(n.Out, "%s is %s, built from %s", tagRef, digest, short(rev))
 	return digest, nil
 }
 
@@ -230,17 +233,17 @@ func (n *Native) buildAndPush(ctx context.Context, tagRef string) (string, error
 		return "", err
 	}
 	t := time.Now()
-	fmt.Fprintf(n.Out, "berth: build %s from %s\n", tagRef, opts.Dir)
+	joblog.Step(n.Out, "build %s from %s", tagRef, opts.Dir)
 	if _, err := n.Images.Build(ctx, opts); err != nil {
 		return "", err
 	}
-	fmt.Fprintf(n.Out, "berth: built in %s\n", since(t))
+	joblog.Step(n.Out, "built in %s", since(t))
 	t = time.Now()
 	digest, err := n.Images.Push(ctx, tagRef)
 	if err != nil {
 		return "", err
 	}
-	fmt.Fprintf(n.Out, "berth: pushed %s@%s (%s)\n", tagRef, digest, since(t))
+	joblog.Step(n.Out, "pushed %s@%s (%s)", tagRef, digest, since(t))
 	return digest, nil
 }
 
@@ -255,23 +258,23 @@ func (n *Native) release(ctx context.Context, repo, tagRef string) (string, erro
 		}
 		switch {
 		case !ok:
-			fmt.Fprintf(n.Out, "berth: candidate %s: not in the registry\n", ref)
+			joblog.Step(n.Out, "candidate %s: not in the registry", ref)
 		case rev != n.Job.Sha:
-			fmt.Fprintf(n.Out, "berth: candidate %s: built from %s, not %s\n", ref, short(rev), short(n.Job.Sha))
+			joblog.Step(n.Out, "candidate %s: built from %s, not %s", ref, short(rev), short(n.Job.Sha))
 		default:
 			// by the digest just read: a tag pushed again meanwhile is not copied
 			got, err := n.Registry.Tag(ctx, repo+"@"+digest, tagRef)
 			if err != nil {
 				return "", err
 			}
-			fmt.Fprintf(n.Out, "berth: promoted %s to %s, same digest %s, no rebuild\n", ref, tagRef, got)
+			joblog.Step(n.Out, "promoted %s to %s, same digest %s, no rebuild", ref, tagRef, got)
 			if got != digest {
 				return "", failure.Systemf("promotion of %s changed the digest (%s, expected %s)", ref, got, digest)
 			}
 			return got, nil
 		}
 	}
-	fmt.Fprintf(n.Out, "berth: no image of commit %s among the candidates: building %s\n", short(n.Job.Sha), tagRef)
+	joblog.Step(n.Out, "no image of commit %s among the candidates: building %s", short(n.Job.Sha), tagRef)
 	return n.buildAndPush(ctx, tagRef)
 }
 
@@ -283,51 +286,6 @@ func short(sha string) string {
 		return "(no revision label)"
 	}
 	return sha
-}
-
-// deploy takes the environment's lock and deploys through its driver.
-func (n *Native) deploy(ctx context.Context, rel Release) error {
-	d, err := n.Driver(rel.Env)
-	if err != nil {
-		return err
-	}
-	env := n.Settings.Environments[rel.Env]
-	unlock, err := d.Lock(ctx, Holder{Job: n.Job.ID, Pipeline: n.Job.Pipeline, By: rel.By,
-		Deadline: time.Now().Add(n.Job.Timeout)}.ThisProcess(), env.LockTimeout.D())
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	if err := CheckOwner(ctx, d, rel.Env, env, n.Job.Project); err != nil {
-		return err
-	}
-	if err := noGoingBack(ctx, d, rel); err != nil {
-		return err
-	}
-	fmt.Fprintf(n.Out, "berth: deploy %s to %s (%s)\n", rel.Image, rel.Env, env.Driver)
-	return d.Deploy(ctx, rel)
-}
-
-// noGoingBack refuses a deploy from a pipeline older than the one whose
-// release serves, when the same flow sent both: a slow old pipeline must
-// not overwrite a newer deploy. A rollback, or a rollback --to, is how to
-// go back on purpose.
-func noGoingBack(ctx context.Context, d Driver, rel Release) error {
-	recs, err := d.History(ctx)
-	if err != nil {
-		return err
-	}
-	for _, r := range recs {
-		if r.Result != ResultServing {
-			continue
-		}
-		if r.Flow == rel.Flow && rel.Flow != "" && r.Pipeline > rel.Pipeline {
-			return failure.Buildf("%s serves %s from pipeline %d, newer than this pipeline %d (both %s flow): an older pipeline does not overwrite a newer deploy; retry the newer pipeline's deploy, or roll back on purpose (BERTH_ACTION=rollback, berth rollback %s --to %s)",
-				rel.Env, orDash(r.Tag), r.Pipeline, rel.Pipeline, rel.Flow, rel.Env, rel.Tag)
-		}
-		break
-	}
-	return nil
 }
 
 func orDash(s string) string {
@@ -347,47 +305,11 @@ func (n *Native) rollback(ctx context.Context, start time.Time) error {
 	if err := n.gates(env); err != nil {
 		return err
 	}
-	rec, err := Rollback(ctx, n.Driver, n.Settings, RollbackOptions{Env: env, To: n.variable(executor.VarRollbackTo), By: n.by(),
+	rec, err := n.Envs.Rollback(ctx, RollbackOptions{Env: env, To: n.variable(executor.VarRollbackTo), By: n.by(),
 		Project: n.Job.Project, Job: n.Job.ID, Pipeline: n.Job.Pipeline, Timeout: n.Job.Timeout})
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(n.Out, "berth: done in %s: %s runs %s again (%s, %s)\n", since(start), env, rec.Tag, short(strings.TrimPrefix(rec.Digest, "sha256:")), rec.ID)
+	joblog.Step(n.Out, "done in %s: %s runs %s again (%s, %s)", since(start), env, rec.Tag, short(strings.TrimPrefix(rec.Digest, "sha256:")), rec.ID)
 	return nil
-}
-
-// RollbackOptions say what a rollback is for and who asks.
-type RollbackOptions struct {
-	Env string
-	To  string // a tag or digest; "" is the previous version
-	By  string
-	// Project is the job's project, checked against the environment's
-	// owner; "" for the operator's own `berth rollback`.
-	Project       string
-	Job, Pipeline int64
-	Timeout       time.Duration // how long the lock is held at most
-}
-
-// Rollback takes the lock and rolls an environment back; shared by the job
-// and the operator command.
-func Rollback(ctx context.Context, open func(string) (Driver, error), s *settings.Settings, o RollbackOptions) (Record, error) {
-	e, ok := s.Environments[o.Env]
-	if !ok {
-		return Record{}, failure.Buildf("no environment %q in berth.toml", o.Env)
-	}
-	d, err := open(o.Env)
-	if err != nil {
-		return Record{}, err
-	}
-	unlock, err := d.Lock(ctx, Holder{Job: o.Job, Pipeline: o.Pipeline, By: o.By, Deadline: time.Now().Add(o.Timeout)}.ThisProcess(), e.LockTimeout.D())
-	if err != nil {
-		return Record{}, err
-	}
-	defer unlock()
-	if o.Project != "" {
-		if err := CheckOwner(ctx, d, o.Env, e, o.Project); err != nil {
-			return Record{}, err
-		}
-	}
-	return d.Rollback(ctx, o.To, o.By)
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 
+	"github.com/berthci/berth/stages/driver"
+
 	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
@@ -12,7 +14,7 @@ import (
 // own the environment: berth.toml's projects decide, else the project that
 // deployed it first, as recorded at the target. The project is the
 // payload's job_info.project_full_path, which a job cannot change.
-func CheckOwner(ctx context.Context, d Driver, env string, e settings.Environment, project string) error {
+func CheckOwner(ctx context.Context, d driver.Driver, env string, e settings.Environment, project string) error {
 	if len(e.Projects) > 0 {
 		if settings.ProjectAllowed(e.Projects, project) {
 			return nil

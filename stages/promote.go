@@ -7,6 +7,9 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/berthci/berth/stages/driver"
+	"github.com/berthci/berth/stages/target"
+
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -17,7 +20,7 @@ import (
 // Registry talks to a registry directly, for what needs no engine: reading
 // labels and digests, and copying a manifest to a new tag.
 type Registry struct {
-	Creds   *Credentials
+	Creds   *target.Credentials
 	Out     io.Writer
 	Retries int
 	Sleep   func(time.Duration)
@@ -126,7 +129,7 @@ func (r *Registry) Tag(ctx context.Context, from, to string) (string, error) {
 // withRef parses ref and finds its login for f, retrying transient errors.
 // One login serves both ends of a promotion: they are one repository.
 func (r *Registry) withRef(ctx context.Context, ref string, f func(name.Reference, []remote.Option) error) error {
-	return withRetries(ctx, r.Retries, r.Sleep, r.Out, "registry error", func() error {
+	return driver.Retry(ctx, r.Retries, r.Sleep, r.Out, "registry error", func() error {
 		parsed, err := name.ParseReference(ref)
 		if err != nil {
 			return err

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthci/berth/stages/target"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -20,7 +22,7 @@ func TestPromotionKeepsTheDigest(t *testing.T) {
 	pushed, err := im.Push(ctx, repo+":release-1.0.0")
 	require.NoError(t, err)
 
-	reg := &Registry{Creds: &Credentials{}, Out: im.Out, Retries: 1, Sleep: func(time.Duration) {}}
+	reg := &Registry{Creds: &target.Credentials{}, Out: im.Out, Retries: 1, Sleep: func(time.Duration) {}}
 	rev, digest, ok, err := reg.Revision(ctx, repo+":release-1.0.0")
 	require.NoError(t, err)
 	require.True(t, ok)

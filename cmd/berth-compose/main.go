@@ -15,7 +15,8 @@ import (
 
 	"github.com/berthci/berth/compose"
 	"github.com/berthci/berth/compose/apply"
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/engine"
+	"github.com/berthci/berth/stages/driver"
 )
 
 func main() {
@@ -23,9 +24,9 @@ func main() {
 	defer stop()
 	res, err := run(ctx)
 	if err != nil {
-		res = compose.Result{Error: err.Error(), Class: compose.ClassSystem}
+		res = compose.Result{Answer: driver.AnswerOf(err)}
 	}
-	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
+	if err := driver.Reply(os.Stdout, res); err != nil {
 		fmt.Fprintf(os.Stderr, "berth-compose: %v\n", err)
 		os.Exit(1)
 	}
@@ -36,7 +37,7 @@ func run(ctx context.Context) (compose.Result, error) {
 	if err := json.NewDecoder(os.Stdin).Decode(&req); err != nil {
 		return compose.Result{}, fmt.Errorf("read the request on stdin (berth-compose is run by berth): %w", err)
 	}
-	c, err := executor.NewClient(req.DockerHost, req.SSHOptions...)
+	c, err := engine.NewClient(req.DockerHost, req.SSHOptions...)
 	if err != nil {
 		return compose.Result{}, err
 	}

@@ -13,10 +13,11 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/berthci/berth/stages/driver"
+
 	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/kube"
 	"github.com/berthci/berth/kube/rollout"
-	"github.com/berthci/berth/stages"
 )
 
 func main() {
@@ -24,12 +25,9 @@ func main() {
 	defer stop()
 	res, err := run(ctx)
 	if err != nil {
-		res.Error, res.Class = err.Error(), "system"
-		if failure.ClassOf(err) == failure.BuildFailure {
-			res.Class = "build"
-		}
+		res.Answer = driver.AnswerOf(err)
 	}
-	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
+	if err := driver.Reply(os.Stdout, res); err != nil {
 		fmt.Fprintf(os.Stderr, "berth-kube: %v\n", err)
 		os.Exit(1)
 	}
@@ -44,7 +42,7 @@ func run(ctx context.Context) (kube.Result, error) {
 	if err != nil {
 		return kube.Result{}, failure.Systemf("environment %s: %w", req.Env, err)
 	}
-	d := &rollout.Driver{Client: client, Env: req.Env, Spec: req.Spec, Out: os.Stderr, Pause: stages.PauseFromEnv(os.Getenv, os.Stderr)}
+	d := &rollout.Driver{Client: client, Env: req.Env, Spec: req.Spec, Out: os.Stderr, Pause: driver.PauseFromEnv(os.Getenv, os.Stderr)}
 	if req.Holder.Job != 0 && (req.Op == kube.OpDeploy || req.Op == kube.OpRollback || req.Op == kube.OpRecover) {
 		renewing, stop := context.WithCancel(context.WithoutCancel(ctx))
 		defer stop()

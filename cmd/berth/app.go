@@ -17,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/engine"
 	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
@@ -71,7 +72,7 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 		if err != nil {
 			return err
 		}
-		return ex.Run(ctx, args[0], args[1], a.getenv("BUILD_EXIT_CODE_FILE"))
+		return ex.Run(ctx, args[0], args[1], a.getenv(executor.EnvBuildExitCodeFile))
 	case "sweep":
 		return a.sweep(ctx, args)
 	case "history":
@@ -126,7 +127,7 @@ func (a *app) logger() (logrus.FieldLogger, error) {
 }
 
 func (a *app) loadJob() error {
-	job, err := executor.LoadJob(a.getenv("JOB_RESPONSE_FILE"))
+	job, err := executor.LoadJob(a.getenv(executor.EnvJobResponse))
 	if err != nil {
 		return err
 	}
@@ -183,7 +184,7 @@ func (a *app) executor() (*executor.Executor, error) {
 // engine is the Docker client for job containers: berth.toml's docker_host,
 // else DOCKER_HOST and friends, else the local socket.
 func (a *app) engine() (*client.Client, bool, error) {
-	c, err := executor.NewClient(a.settings.DockerHost)
+	c, err := engine.NewClient(a.settings.DockerHost)
 	if err != nil {
 		return nil, false, failure.Systemf("docker client: %w (check docker_host in berth.toml or DOCKER_HOST)", err)
 	}

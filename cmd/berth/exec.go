@@ -149,12 +149,12 @@ func localSource(branch, tag string) (local.Source, error) {
 
 // pick is the named jobs, or every job that applies to the ref; manual
 // ones only with --manual.
-func pick(p *local.Pipeline, ref local.Ref, manual bool, names []string) ([]*local.Job, error) {
+func pick(p *local.Pipeline, ref local.Ref, manual bool, names []string) ([]*local.CIJob, error) {
 	want := map[string]bool{}
 	for _, n := range names {
 		want[n] = true
 	}
-	var out []*local.Job
+	var out []*local.CIJob
 	for _, j := range p.Jobs {
 		if len(names) > 0 && !want[j.Name] {
 			continue
@@ -181,7 +181,7 @@ func pick(p *local.Pipeline, ref local.Ref, manual bool, names []string) ([]*loc
 
 // execJob runs one job the way gitlab-runner drives berth, in this process:
 // config, prepare, then each stage's script through run, then cleanup.
-func (a *app) execJob(ctx context.Context, j *local.Job, src local.Source, id, pipeline int64, manual bool) string {
+func (a *app) execJob(ctx context.Context, j *local.CIJob, src local.Source, id, pipeline int64, manual bool) string {
 	fmt.Fprintf(a.stdout, "\n── job %s · stage %s ──\n", j.Name, j.Stage)
 	tmp, err := os.MkdirTemp("", "berth-exec-")
 	if err != nil {
@@ -189,7 +189,7 @@ func (a *app) execJob(ctx context.Context, j *local.Job, src local.Source, id, p
 		return "failed (system)"
 	}
 	defer os.RemoveAll(tmp)
-	env := map[string]string{"BUILD_EXIT_CODE_FILE": filepath.Join(tmp, "exit-code")}
+	env := map[string]string{executor.EnvBuildExitCodeFile: filepath.Join(tmp, "exit-code")}
 	sub := &app{stdout: a.stdout, stderr: a.stderr, configPath: a.configPath, getenv: func(k string) string {
 		if v, ok := env[k]; ok {
 			return v
@@ -204,7 +204,7 @@ func (a *app) execJob(ctx context.Context, j *local.Job, src local.Source, id, p
 	// config first, as the runner does: it says where the job's builds go
 	payload := local.Payload(j, src, id, pipeline, manual, "")
 	raw, _ := json.Marshal(payload)
-	env["JOB_RESPONSE_FILE"] = write("job.json", raw)
+	env[executor.EnvJobResponse] = write("job.json", raw)
 	var cfg api.ConfigOutput
 	cfgOut := &strings.Builder{}
 	sub.stdout = cfgOut
@@ -218,8 +218,8 @@ func (a *app) execJob(ctx context.Context, j *local.Job, src local.Source, id, p
 	projectDir := filepath.Join(cfg.BuildsDir, src.Project)
 	payload = local.Payload(j, src, id, pipeline, manual, projectDir)
 	raw, _ = json.Marshal(payload)
-	env["JOB_RESPONSE_FILE"] = write("job.json", raw)
-	env["CUSTOM_ENV_CI_PROJECT_DIR"] = projectDir
+	env[executor.EnvJobResponse] = write("job.json", raw)
+	env[executor.EnvProjectDir] = projectDir
 	defer func() {
 		if err := sub.dispatch(context.WithoutCancel(ctx), "cleanup", nil); err != nil {
 			fmt.Fprintf(a.stdout, "berth exec: cleanup: %v\n", err)

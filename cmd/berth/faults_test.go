@@ -17,19 +17,20 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthci/berth/stages/driver"
+	"github.com/berthci/berth/stages/target"
+
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/berthci/berth/stages"
 )
 
 // pause is the environment that makes berth wait at step, and the file it
 // writes its pid to there.
 func pause(t *testing.T, step string) ([]string, string) {
 	file := filepath.Join(t.TempDir(), "paused")
-	return []string{stages.PauseAtEnv + "=" + step, stages.PauseFileEnv + "=" + file}, file
+	return []string{driver.PauseAtEnv + "=" + step, driver.PauseFileEnv + "=" + file}, file
 }
 
 // pausedPID waits until berth reached its pause and returns its pid.
@@ -57,9 +58,9 @@ func envLeftovers(t *testing.T, r *rig, name string) {
 	for _, c := range list {
 		n := strings.TrimPrefix(c.Names[0], "/")
 		assert.NotContains(t, n, "-new-", "a container of an unfinished switch: %s", n)
-		assert.NotEqual(t, stages.LockName(name), n, "the lock is released")
+		assert.NotEqual(t, driver.LockName(name), n, "the lock is released")
 	}
-	led, _, err := stages.ReadLedger(ctx, r.docker, "web", name)
+	led, _, err := target.ReadLedger(ctx, r.docker, "web", name)
 	require.NoError(t, err)
 	assert.Nil(t, led.Switch, "the ledger has no unfinished switch")
 }
@@ -191,7 +192,7 @@ keep = 3
 					assert.Equal(t, before, httpGet("http://127.0.0.1:6112/"), "undone at once: %s", out.String())
 				}
 				envLeftoversButLock := func() {
-					led, _, err := stages.ReadLedger(context.Background(), r.docker, "web", name)
+					led, _, err := target.ReadLedger(context.Background(), r.docker, "web", name)
 					require.NoError(t, err)
 					if sig == syscall.SIGTERM {
 						assert.Nil(t, led.Switch)
@@ -256,10 +257,10 @@ wait_timeout = "30s"
 		out, err := exec.Command(r.berth, "--config", toml, "history", "integration").CombinedOutput()
 		require.NoError(t, err, string(out))
 		assert.Contains(t, string(out), "interrupted, previous restored")
-		led, _, err := stages.ReadLedger(context.Background(), r.docker, "integration", "compose-"+project)
+		led, _, err := target.ReadLedger(context.Background(), r.docker, "integration", "compose-"+project)
 		require.NoError(t, err)
 		assert.Nil(t, led.Switch)
-		_, err = r.docker.ContainerInspect(context.Background(), stages.LockName("compose-"+project))
+		_, err = r.docker.ContainerInspect(context.Background(), driver.LockName("compose-"+project))
 		assert.Error(t, err, "the lock is released")
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/berthci/berth/executor"
 	"github.com/berthci/berth/executor/failure"
 )
 
@@ -55,7 +56,7 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	codes := failure.ExitCodesFromEnv(os.Getenv)
+	codes := failure.ExitCodesOf(os.Getenv(executor.EnvBuildFailureExitCode), os.Getenv(executor.EnvSystemFailureExitCode))
 	fs := flag.NewFlagSet("berth", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }

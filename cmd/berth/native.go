@@ -11,22 +11,28 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/berthci/berth/stages/containers"
+	"github.com/berthci/berth/stages/driver"
+	"github.com/berthci/berth/stages/target"
+
 	"github.com/distribution/reference"
 	"github.com/docker/docker/client"
 
 	"github.com/berthci/berth/compose"
 	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/engine"
 	"github.com/berthci/berth/executor/failure"
+	"github.com/berthci/berth/executor/joblog"
 	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/kube"
 	"github.com/berthci/berth/stages"
 )
 
 // credentials are the registry logins: berth.toml's, the payload's for the
-// job's own project, docker's config.json (stages.Credentials).
-func (a *app) credentials() *stages.Credentials {
-	c := &stages.Credentials{TOMLUser: a.settings.Registry.Username, TOMLPassword: a.settings.Registry.Password,
-		DockerConfig: stages.DockerConfigFile}
+// job's own project, docker's config.json (target.Credentials).
+func (a *app) credentials() *target.Credentials {
+	c := &target.Credentials{TOMLUser: a.settings.Registry.Username, TOMLPassword: a.settings.Registry.Password,
+		DockerConfig: target.DockerConfigFile}
 	if named, err := reference.ParseNormalizedNamed(strings.ReplaceAll(a.settings.Registry.Image, "{project}", "p/p")); err == nil {
 		c.TOMLHost = reference.Domain(named) // as Credentials.For reads an image's host
 	}
@@ -40,8 +46,8 @@ func (a *app) credentials() *stages.Credentials {
 // driverOpener opens environments' drivers, each on its own target engine.
 // dir is where a compose environment's relative files are: the checked-out
 // sources in a job, the current directory for operator commands.
-func (a *app) driverOpener(out io.Writer, creds *stages.Credentials, dir string) func(string) (stages.Driver, error) {
-	return func(name string) (stages.Driver, error) {
+func (a *app) driverOpener(out io.Writer, creds *target.Credentials, dir string) func(string) (driver.Driver, error) {
+	return func(name string) (driver.Driver, error) {
 		env, ok := a.settings.Environments[name]
 		if !ok {
 			return nil, failure.Systemf("no environment %q in berth.toml", name)
@@ -50,8 +56,9 @@ func (a *app) driverOpener(out io.Writer, creds *stages.Credentials, dir string)
 		if host == "" {
 			host = a.settings.DockerHost
 		}
-		if env.Driver == settings.DriverKube {
-			helper, err := stages.FindHelper(kube.HelperName)
+		switch env.Driver {
+		case settings.DriverKube:
+			helper, err := driver.FindHelper(kube.HelperName)
 			if err != nil {
 				return nil, err
 			}
@@ -62,23 +69,30 @@ func (a *app) driverOpener(out io.Writer, creds *stages.Credentials, dir string)
 				}
 				return &kube.Login{Server: a.ServerAddress, Username: a.Username, Password: a.Password}
 			}}, nil
-		}
-		eng, err := executor.NewClient(host, env.SSHOptions...)
-		if err != nil {
-			return nil, failure.Systemf("environment %s: %w", name, err)
-		}
-		if env.Driver == settings.DriverCompose {
+		case settings.DriverCompose:
+			eng, err := engine.NewClient(host, env.SSHOptions...)
+			if err != nil {
+				return nil, failure.Systemf("environment %s: %w", name, err)
+			}
 			helper, err := compose.FindHelper(out)
 			if err != nil {
 				return nil, err
 			}
 			return &compose.Driver{Env: name, Spec: env.Compose, DockerHost: host, SSHOptions: env.SSHOptions,
 				Engine: eng, Apply: helper, Creds: creds, Out: out, Dir: dir, Reserved: a.containerNames(),
-				Pause: stages.PauseFromEnv(a.getenv, out)}, nil
+				Pause: driver.PauseFromEnv(a.getenv, out)}, nil
+		case settings.DriverContainer:
+			eng, err := engine.NewClient(host, env.SSHOptions...)
+			if err != nil {
+				return nil, failure.Systemf("environment %s: %w", name, err)
+			}
+			self, _ := os.Executable() // the anchor image is made of it; without it, no anchor
+			return &containers.Driver{Env: name, Spec: env.Container, Engine: eng, Creds: creds, Out: out, AnchorBinary: self,
+				Pause: driver.PauseFromEnv(a.getenv, out)}, nil
+		default:
+			return nil, failure.Systemf("environment %s: berth has no driver %q (environments.%s.driver in berth.toml): use %s",
+				name, env.Driver, name, strings.Join(settings.Drivers(), ", "))
 		}
-		self, _ := os.Executable() // the anchor image is made of it; without it, no anchor
-		return &stages.ContainerDriver{Env: name, Spec: env.Container, Engine: eng, Creds: creds, Out: out, AnchorBinary: self,
-			Pause: stages.PauseFromEnv(a.getenv, out)}, nil
 	}
 }
 
@@ -126,7 +140,7 @@ func (a *app) wireNative(ex *executor.Executor, eng *client.Client) error {
 			Plan: p, Settings: a.settings, Job: a.job, ProjectDir: dir, Out: ex.Out,
 			Images:   &stages.Images{Engine: eng, Creds: creds, Out: ex.Out, Retries: a.settings.Registry.Retries, Sleep: sleep},
 			Registry: &stages.Registry{Creds: creds, Out: ex.Out, Retries: a.settings.Registry.Retries, Sleep: sleep},
-			Driver:   a.driverOpener(ex.Out, creds, dir),
+			Envs:     &stages.Environments{Settings: a.settings, Open: a.driverOpener(ex.Out, creds, dir), Out: ex.Out},
 		}
 		return n.Run(ctx)
 	}
@@ -137,7 +151,7 @@ func (a *app) wireNative(ex *executor.Executor, eng *client.Client) error {
 // CUSTOM_ENV_CI_PROJECT_DIR can be set by the job, so it counts only below
 // the job's own builds dir.
 func (a *app) projectDir() (string, error) {
-	dir := filepath.Clean(a.getenv(executor.ProjectDirEnv))
+	dir := filepath.Clean(a.getenv(executor.EnvProjectDir))
 	root := executor.JobDir(a.settings, a.job)
 	rel, err := filepath.Rel(root, dir)
 	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
@@ -202,15 +216,15 @@ func (a *app) rollback(ctx context.Context, args []string) error {
 	}
 	start := time.Now()
 	by := a.getenv("USER")
-	rec, err := stages.Rollback(ctx, a.driverOpener(a.stdout, a.credentials(), workDir()), a.settings,
-		stages.RollbackOptions{Env: env, To: to, By: by, Timeout: time.Hour})
+	envs := &stages.Environments{Settings: a.settings, Open: a.driverOpener(a.stdout, a.credentials(), workDir()), Out: a.stdout}
+	rec, err := envs.Rollback(ctx, stages.RollbackOptions{Env: env, To: to, By: by, Timeout: time.Hour})
 	if err != nil && ctx.Err() != nil {
-		fmt.Fprintf(a.stdout, "berth: %s: the rollback was cancelled; what served before serves again\n", env)
+		joblog.Step(a.stdout, "%s: the rollback was cancelled; what served before serves again", env)
 	}
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(a.stdout, "berth: %s rolled back in %s: runs %s (%s, %s) again\n", env, time.Since(start).Round(time.Millisecond), dash(rec.Tag), dash(shortDigest(rec.Digest)), rec.ID)
+	joblog.Step(a.stdout, "%s rolled back in %s: runs %s (%s, %s) again", env, time.Since(start).Round(time.Millisecond), dash(rec.Tag), dash(shortDigest(rec.Digest)), rec.ID)
 	return nil
 }
 

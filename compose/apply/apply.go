@@ -27,6 +27,7 @@ import (
 
 	"github.com/berthci/berth/compose"
 	"github.com/berthci/berth/executor/failure"
+	"github.com/berthci/berth/stages/driver"
 )
 
 // Service is a compose service bound to one engine.
@@ -66,14 +67,14 @@ func New(c client.APIClient, logins bool) (*Service, error) {
 func (s *Service) Apply(ctx context.Context, req compose.Request) (compose.Result, error) {
 	project, err := Load(ctx, req)
 	if err != nil {
-		return compose.Result{Error: err.Error(), Class: compose.ClassInvalid}, nil
+		return compose.Result{Answer: driver.Answer{Error: err.Error(), Class: driver.ClassInvalid}}, nil
 	}
 	services, err := chosen(project, req)
 	if err != nil {
-		return compose.Result{Error: err.Error(), Class: compose.ClassInvalid}, nil
+		return compose.Result{Answer: driver.Answer{Error: err.Error(), Class: driver.ClassInvalid}}, nil
 	}
 	if err := Check(project, req, services); err != nil {
-		return compose.Result{Error: err.Error(), Class: compose.ClassInvalid}, nil
+		return compose.Result{Answer: driver.Answer{Error: err.Error(), Class: driver.ClassInvalid}}, nil
 	}
 	for _, name := range services {
 		svc := project.Services[name]
@@ -99,9 +100,9 @@ func (s *Service) Apply(ctx context.Context, req compose.Request) (compose.Resul
 		return compose.Result{}, ctx.Err()
 	}
 	if failure.IsOutage(err) { // the engine, not the project
-		return compose.Result{Services: services, Error: fmt.Sprintf("project %s: the target engine does not answer: %v", project.Name, err), Class: compose.ClassSystem}, nil
+		return compose.Result{Services: services, Answer: driver.Answer{Error: fmt.Sprintf("project %s: the target engine does not answer: %v", project.Name, err), Class: driver.ClassSystem}}, nil
 	}
-	res := compose.Result{Services: services, Error: fmt.Sprintf("project %s did not come up: %v", project.Name, err), Class: compose.ClassBuild}
+	res := compose.Result{Services: services, Answer: driver.Answer{Error: fmt.Sprintf("project %s did not come up: %v", project.Name, err), Class: driver.ClassBuild}}
 	res.Failing, res.Logs = s.failing(ctx, project.Name)
 	return res, nil
 }

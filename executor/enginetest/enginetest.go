@@ -5,8 +5,10 @@ package enginetest
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -55,4 +57,26 @@ func connect(t testing.TB, registry bool) *client.Client {
 		t.Skipf("no engine or registry (run .ci/rig.sh up): %v", err)
 	}
 	return c
+}
+
+// Unique is a name no other test run uses.
+func Unique(prefix string) string {
+	return fmt.Sprintf("%s%d", prefix, time.Now().UnixNano()%1e10)
+}
+
+// SourceDir writes files (path → content) into a new directory: a build
+// context, a checkout.
+func SourceDir(t testing.TB, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }

@@ -60,14 +60,15 @@ type ExitCodes struct {
 	Build, System int
 }
 
-// ExitCodesFromEnv reads BUILD_FAILURE_EXIT_CODE and SYSTEM_FAILURE_EXIT_CODE;
-// outside the runner (operator commands) they default to 1 and 2.
-func ExitCodesFromEnv(getenv func(string) string) ExitCodes {
+// ExitCodesOf reads the runner's codes for the two classes, as the
+// protocol's environment gives them; without them (operator commands) they
+// are 1 and 2.
+func ExitCodesOf(build, system string) ExitCodes {
 	codes := ExitCodes{Build: 1, System: 2}
-	if v, err := strconv.Atoi(getenv("BUILD_FAILURE_EXIT_CODE")); err == nil {
+	if v, err := strconv.Atoi(build); err == nil {
 		codes.Build = v
 	}
-	if v, err := strconv.Atoi(getenv("SYSTEM_FAILURE_EXIT_CODE")); err == nil {
+	if v, err := strconv.Atoi(system); err == nil {
 		codes.System = v
 	}
 	return codes

@@ -12,15 +12,13 @@ import (
 )
 
 func TestExitCodes(t *testing.T) {
-	codes := ExitCodesFromEnv(func(k string) string {
-		return map[string]string{"BUILD_FAILURE_EXIT_CODE": "11", "SYSTEM_FAILURE_EXIT_CODE": "22"}[k]
-	})
+	codes := ExitCodesOf("11", "22")
 	assert.Equal(t, 0, codes.For(nil))
 	assert.Equal(t, 11, codes.For(Buildf("bad image")))
 	assert.Equal(t, 11, codes.For(fmt.Errorf("wrapped: %w", Buildf("bad"))))
 	assert.Equal(t, 22, codes.For(Systemf("engine down")))
 	assert.Equal(t, 22, codes.For(errors.New("unclassified")), "unclassified errors are the host's fault")
-	assert.Equal(t, ExitCodes{Build: 1, System: 2}, ExitCodesFromEnv(func(string) string { return "" }))
+	assert.Equal(t, ExitCodes{Build: 1, System: 2}, ExitCodesOf("", ""))
 	assert.Equal(t, "bad image", Buildf("bad image").Error())
 }
 

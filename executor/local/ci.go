@@ -14,8 +14,8 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// Job is one job of .gitlab-ci.yml, with the defaults of the file applied.
-type Job struct {
+// CIJob is one job of .gitlab-ci.yml, with the defaults of the file applied.
+type CIJob struct {
 	Name         string
 	Stage        string
 	Image        string
@@ -41,7 +41,7 @@ type Var struct{ Key, Value string }
 // Pipeline is the parsed file: its stages in order and its jobs.
 type Pipeline struct {
 	Stages []string
-	Jobs   []*Job
+	Jobs   []*CIJob
 }
 
 // The keywords berth exec understands; any other is refused.
@@ -73,7 +73,7 @@ func Parse(path string, data []byte) (*Pipeline, error) {
 	}
 	root := resolve(doc.Content[0])
 	p := &Pipeline{Stages: []string{".pre", "build", "test", "deploy", ".post"}}
-	var defaults Job
+	var defaults CIJob
 	type pending struct {
 		name string
 		node *yaml.Node
@@ -187,8 +187,8 @@ func isKnownGlobal(key string) bool {
 	return false
 }
 
-func parseJob(path, name string, n *yaml.Node, defaults *Job) (*Job, error) {
-	j := &Job{Name: name, Stage: "test", Image: defaults.Image, Services: defaults.Services,
+func parseJob(path, name string, n *yaml.Node, defaults *CIJob) (*CIJob, error) {
+	j := &CIJob{Name: name, Stage: "test", Image: defaults.Image, Services: defaults.Services,
 		BeforeScript: defaults.BeforeScript, AfterScript: defaults.AfterScript, When: "on_success", line: n.Line}
 	j.Variables = append(j.Variables, defaults.Variables...)
 	bad := func(at *yaml.Node, format string, args ...any) error {

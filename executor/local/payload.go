@@ -20,7 +20,7 @@ type Source struct {
 
 // Payload is what GitLab would send a runner for the job: the trusted job
 // context berth reads from JOB_RESPONSE_FILE.
-func Payload(j *Job, src Source, id, pipeline int64, manual bool, projectDir string) *api.JobResponse {
+func Payload(j *CIJob, src Source, id, pipeline int64, manual bool, projectDir string) *api.JobResponse {
 	refType := api.RefTypeBranch
 	if src.Ref.IsTag {
 		refType = api.RefTypeTag
@@ -56,7 +56,7 @@ func lastPart(p string) string { return p[strings.LastIndex(p, "/")+1:] }
 var slugRe = regexp.MustCompile(`[^a-z0-9]+`)
 
 // predefined are the CI_* variables GitLab sets that jobs commonly read.
-func predefined(j *Job, src Source, id, pipeline int64, manual bool, projectDir string) []Var {
+func predefined(j *CIJob, src Source, id, pipeline int64, manual bool, projectDir string) []Var {
 	slug := strings.Trim(slugRe.ReplaceAllString(strings.ToLower(src.Ref.Name), "-"), "-")
 	if len(slug) > 63 {
 		slug = slug[:63]
@@ -88,7 +88,7 @@ func predefined(j *Job, src Source, id, pipeline int64, manual bool, projectDir 
 // Script is the runner stage's script, as gitlab-runner would hand it to
 // berth: bash on the host for prepare_script and get_sources, the job's
 // shell in its container for build_script and after_script.
-func Script(stage string, p *api.JobResponse, j *Job, projectDir, status string) string {
+func Script(stage string, p *api.JobResponse, j *CIJob, projectDir, status string) string {
 	var b strings.Builder
 	b.WriteString("set -eo pipefail\n")
 	switch stage {

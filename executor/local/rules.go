@@ -106,7 +106,7 @@ func parseRules(n *yaml.Node) ([]rule, error) {
 
 // Applies says whether the job runs for ref, and how: on_success, manual
 // or always; "" when it does not.
-func (j *Job) Applies(ref Ref) string {
+func (j *CIJob) Applies(ref Ref) string {
 	if j.rules != nil {
 		vars := map[string]string{"CI_COMMIT_REF_NAME": ref.Name}
 		if ref.IsTag {

@@ -27,6 +27,9 @@ const (
 	DriverKube      = "kube"
 )
 
+// Drivers are the environment drivers berth has.
+func Drivers() []string { return []string{DriverContainer, DriverCompose, DriverKube} }
+
 // Registry is where built images go.
 type Registry struct {
 	// Image is the repository, without tag; "{project}" in it is the job's
@@ -316,10 +319,8 @@ func (s *Settings) validateDeploy(errs *problems) {
 	for _, name := range sortedKeys(s.Environments) {
 		env := s.Environments[name]
 		at := "environments." + name
-		switch env.Driver {
-		case DriverContainer, DriverCompose, DriverKube:
-		default:
-			bad(at+".driver", "%q is not a driver (use container, compose or kube)", env.Driver)
+		if !slices.Contains(Drivers(), env.Driver) {
+			bad(at+".driver", "%q is not a driver (use %s)", env.Driver, strings.Join(Drivers(), ", "))
 		}
 		if env.LockTimeout <= 0 {
 			bad(at+".lock_timeout", "must be more than zero")

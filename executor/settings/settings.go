@@ -35,8 +35,8 @@ type Settings struct {
 	BuildsDir string `toml:"builds_dir"`
 	CacheDir  string `toml:"cache_dir"`
 	// DockerHost overrides DOCKER_HOST for the job engine.
-	DockerHost string `toml:"docker_host"`
-	Job        Job    `toml:"job"`
+	DockerHost string        `toml:"docker_host"`
+	Job        JobContainers `toml:"job"`
 
 	// Native deploy and release (stages, flows, environments).
 	Registry     Registry               `toml:"registry"`
@@ -46,8 +46,9 @@ type Settings struct {
 	Environments map[string]Environment `toml:"environments"`
 }
 
-// Job is how job and service containers are made.
-type Job struct {
+// JobContainers is the [job] table: how job and service containers are
+// made.
+type JobContainers struct {
 	// DefaultImage runs jobs that name no image.
 	DefaultImage string `toml:"default_image"`
 	// PullPolicy unless the job sets pull_policy itself.
@@ -100,7 +101,7 @@ func Defaults() Settings {
 		LogLevel:  "warning",
 		BuildsDir: "/var/lib/berth/builds",
 		CacheDir:  "/var/lib/berth/cache",
-		Job: Job{
+		Job: JobContainers{
 			DefaultImage:        "",
 			PullPolicy:          PullIfNotPresent,
 			AllowedPullPolicies: []string{PullAlways, PullIfNotPresent},

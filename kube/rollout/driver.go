@@ -14,6 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berthci/berth/stages/driver"
+
 	"github.com/distribution/reference"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -25,22 +27,16 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"github.com/berthci/berth/executor/failure"
+	"github.com/berthci/berth/executor/joblog"
 	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/kube"
-	"github.com/berthci/berth/stages"
 )
 
 // Annotations on the Deployment, which the deployment controller copies to
-// the ReplicaSet of each revision: the history lives there.
+// the ReplicaSet of each revision: the history lives there. What a release
+// is goes in driver's labels (driver.Labels).
 const (
-	annRef      = "berth.ref"
-	annTag      = "berth.tag"
-	annDigest   = "berth.digest"
-	annPipeline = "berth.pipeline"
-	annJob      = "berth.job"
-	annBy       = "berth.by"
-	annResult   = "berth.result" // on a ReplicaSet that failed or was rolled back from
-	annFlow     = "berth.flow"
+	annResult = "berth.result" // on a ReplicaSet that failed or was rolled back from
 	// annSwitch, on the Deployment while berth rolls out, is the revision
 	// to go back to: a berth killed mid-way leaves it for Recover.
 	annSwitch      = "berth.switch"
@@ -80,7 +76,7 @@ func (d *Driver) stuckAfter() time.Duration {
 }
 
 func (d *Driver) say(format string, args ...any) {
-	fmt.Fprintf(d.Out, "berth: %s: %s\n", d.Env, fmt.Sprintf(format, args...))
+	joblog.Step(d.Out, "%s: %s", d.Env, fmt.Sprintf(format, args...))
 }
 
 func (d *Driver) where() string {
@@ -160,7 +156,7 @@ func repository(image string) string {
 
 // Deploy sets the image by digest, records the release in annotations and
 // waits for the rollout; one that cannot succeed is undone.
-func (d *Driver) Deploy(ctx context.Context, r stages.Release, login *kube.Login) error {
+func (d *Driver) Deploy(ctx context.Context, r driver.Release, login *kube.Login) error {
 	dep, err := d.deployment(ctx)
 	if err != nil {
 		return err
@@ -194,11 +190,10 @@ func (d *Driver) Deploy(ctx context.Context, r stages.Release, login *kube.Login
 		if d.Spec.PullSecret != "" && !hasPullSecret(dep, d.Spec.PullSecret) {
 			dep.Spec.Template.Spec.ImagePullSecrets = append(dep.Spec.Template.Spec.ImagePullSecrets, corev1.LocalObjectReference{Name: d.Spec.PullSecret})
 		}
-		setAnnotations(&dep.ObjectMeta, map[string]string{
-			annRef: r.Ref, annTag: r.Tag, annDigest: r.Digest, annPipeline: strconv.FormatInt(r.Pipeline, 10),
-			annJob: strconv.FormatInt(r.Job, 10), annBy: r.By, annChangeCause: cause, annFlow: r.Flow,
-			annSwitch: prev, // the journal: what to go back to if berth dies mid-way
-		})
+		ann := driver.Labels(d.Env, driver.EntryOf(r, "", ""))
+		ann[annChangeCause] = cause
+		ann[annSwitch] = prev // the journal: what to go back to if berth dies mid-way
+		setAnnotations(&dep.ObjectMeta, ann)
 	})
 	if err != nil {
 		return err
@@ -338,7 +333,7 @@ func (d *Driver) restore(ctx context.Context, target, leaving *appsv1.ReplicaSet
 		delete(tpl.Labels, appsv1.DefaultDeploymentUniqueLabelKey)
 		dep.Spec.Template = *tpl
 		ann := map[string]string{}
-		for _, k := range []string{annRef, annTag, annDigest, annPipeline, annJob, annBy, annChangeCause} {
+		for _, k := range append(driver.LabelKeys(), annChangeCause) {
 			ann[k] = target.Annotations[k]
 		}
 		setAnnotations(&dep.ObjectMeta, ann)
@@ -565,7 +560,7 @@ func (d *Driver) Recover(ctx context.Context) error {
 	if !ok {
 		return nil
 	}
-	d.say("a rollout by job %s did not finish: checking it first", dep.Annotations[annJob])
+	d.say("a rollout by job %d did not finish: checking it first", driver.EntryOfLabels(dep.Annotations, "").Job)
 	f := d.wait(ctx)
 	switch {
 	case f == nil:

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthci/berth/stages/driver"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
@@ -19,7 +21,6 @@ import (
 	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/kube"
-	"github.com/berthci/berth/stages"
 )
 
 // realCluster is the control plane of .ci/kube.sh; it skips without one,
@@ -117,9 +118,9 @@ func (f *fixture) fillNode(t *testing.T) {
 	require.NoError(t, err)
 }
 
-func release(tag string, n int) stages.Release {
+func release(tag string, n int) driver.Release {
 	digest := fmt.Sprintf("sha256:%064x", n)
-	return stages.Release{Env: "alpha", Image: repo + "@" + digest, Digest: digest, Tag: tag, Ref: tag, Pipeline: int64(100 + n), Job: int64(1000 + n), By: "tester"}
+	return driver.Release{Env: "alpha", Image: repo + "@" + digest, Digest: digest, Tag: tag, Ref: tag, Pipeline: int64(100 + n), Job: int64(1000 + n), By: "tester"}
 }
 
 func (f *fixture) deployment(t *testing.T) *appsv1.Deployment {
@@ -143,7 +144,7 @@ func TestRolloutByDigestWithAnnotationsAndRollback(t *testing.T) {
 	assert.Equal(t, "release-1.0.0", a["berth.tag"])
 	assert.Equal(t, "release-1.0.0", a["berth.ref"])
 	assert.Equal(t, "101", a["berth.pipeline"])
-	assert.Equal(t, "1001", a["berth.job"])
+	assert.Equal(t, "1001", a[driver.LabelJob])
 	assert.Contains(t, a["kubernetes.io/change-cause"], "berth: release-1.0.0 (sha256:000000000000) from release-1.0.0, pipeline 101, job 1001")
 	assert.Contains(t, f.out.String(), "berth: alpha: 2 of 2 updated, 2 ready, 2 available")
 
@@ -237,7 +238,7 @@ func TestGitOpsManagedDeploymentIsRefused(t *testing.T) {
 func TestLeaseIsTheEnvironmentsLock(t *testing.T) {
 	f := newFixture(t, 1, "100m")
 	ctx := context.Background()
-	h := stages.Holder{Job: 1, Pipeline: 1, By: "a", Deadline: time.Now().Add(time.Hour)}
+	h := driver.Holder{Job: 1, Pipeline: 1, By: "a", Deadline: time.Now().Add(time.Hour)}
 	require.NoError(t, f.d.Lock(ctx, h, time.Second))
 	other := h
 	other.Job = 2
@@ -249,7 +250,7 @@ func TestLeaseIsTheEnvironmentsLock(t *testing.T) {
 	require.NoError(t, f.d.Unlock(ctx, other))
 
 	// a crashed job's lease is taken over once its deadline passed
-	crashed := stages.Holder{Job: 3, Pipeline: 3, By: "c", Deadline: time.Now().Add(time.Second)}
+	crashed := driver.Holder{Job: 3, Pipeline: 3, By: "c", Deadline: time.Now().Add(time.Second)}
 	require.NoError(t, f.d.Lock(ctx, crashed, time.Second))
 	time.Sleep(1500 * time.Millisecond)
 	require.NoError(t, f.d.Lock(ctx, other, 3*time.Second))

@@ -2,44 +2,41 @@ package rollout
 
 import (
 	"context"
-	"strconv"
 	"strings"
+
+	"github.com/berthci/berth/stages/driver"
 
 	appsv1 "k8s.io/api/apps/v1"
 
 	"github.com/berthci/berth/executor/failure"
-	"github.com/berthci/berth/stages"
 )
 
 // Rollback goes back to the newest earlier revision that did not fail, or
 // to the revision whose tag or digest is to; a digest that no revision has
 // is set as the image, like a deploy.
-func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, error) {
+func (d *Driver) Rollback(ctx context.Context, to, by string) (driver.Record, error) {
 	dep, err := d.deployment(ctx)
 	if err != nil {
-		return stages.Record{}, err
+		return driver.Record{}, err
 	}
 	revs, err := d.revisions(ctx, dep)
 	if err != nil {
-		return stages.Record{}, err
+		return driver.Record{}, err
 	}
 	cur := dep.Annotations[annRevision]
 	var target, leaving *appsv1.ReplicaSet
+	cands := make([]driver.RollbackCandidate, len(revs))
 	for i := range revs {
 		rs := &revs[i]
 		if rs.Annotations[annRevision] == cur {
 			leaving = rs
-			continue
 		}
-		if target != nil {
-			continue
-		}
-		if to == "" && rs.Annotations[annResult] != "failed" && imagesOf(&rs.Spec.Template) != imagesOf(&dep.Spec.Template) {
-			target = rs
-		}
-		if to != "" && (rs.Annotations[annTag] == to || rs.Annotations[annDigest] == to || strings.Contains(imagesOf(&rs.Spec.Template), "@"+to)) {
-			target = rs
-		}
+		cands[i] = driver.RollbackCandidate{Tag: rs.Annotations[driver.LabelTag], Digest: rs.Annotations[driver.LabelDigest], Image: imagesOf(&rs.Spec.Template),
+			Failed:  rs.Annotations[annResult] == "failed",
+			Current: rs.Annotations[annRevision] == cur || imagesOf(&rs.Spec.Template) == imagesOf(&dep.Spec.Template)}
+	}
+	if i, ok := driver.ChooseRollback(cands, to); ok {
+		target = &revs[i]
 	}
 	if target == nil && strings.HasPrefix(to, "sha256:") {
 		return d.rollbackToDigest(ctx, dep, to, by)
@@ -49,12 +46,12 @@ func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, er
 		if to != "" {
 			what = to
 		}
-		return stages.Record{}, failure.Buildf("%s: %s has no %s to roll back to (berth history %s lists its revisions): deploy it instead", d.Env, d.where(), what, d.Env)
+		return driver.Record{}, failure.Buildf("%s: %s has no %s to roll back to (berth history %s lists its revisions): deploy it instead", d.Env, d.where(), what, d.Env)
 	}
 	d.say("rolling back to revision %s (%s)", target.Annotations[annRevision], imagesOf(&target.Spec.Template))
 	back, err := d.restore(ctx, target, leaving, "rolled back by "+by)
 	if err != nil {
-		return stages.Record{}, failure.Buildf("%s: roll back to revision %s: %v", d.Env, target.Annotations[annRevision], err)
+		return driver.Record{}, failure.Buildf("%s: roll back to revision %s: %v", d.Env, target.Annotations[annRevision], err)
 	}
 	d.say("revision %s (%s) serves again", back.revision, back.image)
 	rec := recordOf(target, "serving")
@@ -62,21 +59,21 @@ func (d *Driver) Rollback(ctx context.Context, to, by string) (stages.Record, er
 }
 
 // rollbackToDigest sets a digest of the image that no kept revision has.
-func (d *Driver) rollbackToDigest(ctx context.Context, dep *appsv1.Deployment, digest, by string) (stages.Record, error) {
+func (d *Driver) rollbackToDigest(ctx context.Context, dep *appsv1.Deployment, digest, by string) (driver.Record, error) {
 	names, err := d.containers(dep, dep.Spec.Template.Spec.Containers[0].Image)
 	if err != nil {
-		return stages.Record{}, err
+		return driver.Record{}, err
 	}
 	img := dep.Spec.Template.Spec.Containers[indexOf(dep.Spec.Template.Spec.Containers, names[0])].Image
-	r := stages.Release{Env: d.Env, Image: repository(img) + "@" + digest, Digest: digest, Tag: digest, Ref: "rollback", By: by}
+	r := driver.Release{Env: d.Env, Image: repository(img) + "@" + digest, Digest: digest, Tag: digest, Ref: "rollback", By: by}
 	if err := d.Deploy(ctx, r, nil); err != nil {
-		return stages.Record{}, err
+		return driver.Record{}, err
 	}
-	return stages.Record{Digest: digest, By: by, Result: "serving"}, nil
+	return driver.Record{Digest: digest, By: by, Result: "serving"}, nil
 }
 
 // History lists the revisions that the Deployment keeps, newest first.
-func (d *Driver) History(ctx context.Context) ([]stages.Record, error) {
+func (d *Driver) History(ctx context.Context) ([]driver.Record, error) {
 	dep, err := d.deployment(ctx)
 	if err != nil {
 		return nil, err
@@ -85,7 +82,7 @@ func (d *Driver) History(ctx context.Context) ([]stages.Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out []stages.Record
+	var out []driver.Record
 	for i := range revs {
 		result := revs[i].Annotations[annResult]
 		switch {
@@ -101,12 +98,9 @@ func (d *Driver) History(ctx context.Context) ([]stages.Record, error) {
 	return out, nil
 }
 
-func recordOf(rs *appsv1.ReplicaSet, result string) stages.Record {
-	a := rs.Annotations
-	r := stages.Record{Time: rs.CreationTimestamp.Time, Ref: a[annRef], Tag: a[annTag], Digest: a[annDigest], By: a[annBy],
-		Result: result, ID: "revision " + a[annRevision], Flow: a[annFlow]}
-	r.Pipeline, _ = strconv.ParseInt(a[annPipeline], 10, 64)
-	r.Job, _ = strconv.ParseInt(a[annJob], 10, 64)
+func recordOf(rs *appsv1.ReplicaSet, result string) driver.Record {
+	r := driver.EntryOfLabels(rs.Annotations, result).Record()
+	r.Time, r.ID = rs.CreationTimestamp.Time, "revision "+rs.Annotations[annRevision]
 	if r.Digest == "" { // a revision berth did not make
 		r.Tag = imagesOf(&rs.Spec.Template)
 	}

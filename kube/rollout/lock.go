@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/berthci/berth/stages/driver"
+
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -15,90 +17,73 @@ import (
 
 	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/kube"
-	"github.com/berthci/berth/stages"
 )
 
 // The deploy lock is a Lease in the workload's namespace, named like the
-// engine lock. The holder renews it while it works (berth-kube's deploy and
-// rollback do); one not renewed for leaseSeconds (a berth killed, a runner
-// host gone), or past its job's deadline, is taken over.
+// engine lock, annotated with driver's lock labels. The holder renews it
+// while it works (berth-kube's deploy and rollback do); one not renewed for
+// leaseSeconds (a berth killed, a runner host gone), or past its job's
+// deadline, is taken over.
 const (
-	annLockJob      = "berth.lock.job"
-	annLockPipeline = "berth.lock.pipeline"
-	annLockBy       = "berth.lock.by"
-	annLockDeadline = "berth.lock.deadline"
-	annLockHost     = "berth.lock.host"
-	annLockPID      = "berth.lock.pid"
-
 	leaseSeconds = 60
 	// RenewEvery is how often a holder renews the Lease.
 	RenewEvery = 10 * time.Second
 )
 
-func (d *Driver) leaseName() string { return stages.LockName(d.Env) }
+func (d *Driver) leaseName() string { return driver.LockName(d.Env) }
 
 // Lock waits, up to timeout, until this job holds the environment's Lease.
-func (d *Driver) Lock(ctx context.Context, h stages.Holder, timeout time.Duration) error {
+func (d *Driver) Lock(ctx context.Context, h driver.Holder, timeout time.Duration) error {
 	leases := d.Client.CoordinationV1().Leases(d.Spec.Namespace)
 	now := time.Now()
 	secs := int32(leaseSeconds)
 	lease := &coordinationv1.Lease{
-		ObjectMeta: metav1.ObjectMeta{Name: d.leaseName(), Annotations: map[string]string{
-			annLockJob: strconv.FormatInt(h.Job, 10), annLockPipeline: strconv.FormatInt(h.Pipeline, 10), annLockBy: h.By,
-			annLockDeadline: h.Deadline.UTC().Format(time.RFC3339),
-			annLockHost:     h.Host, annLockPID: strconv.Itoa(h.PID),
-		}},
+		ObjectMeta: metav1.ObjectMeta{Name: d.leaseName(), Annotations: driver.LockLabels(d.Env, d.Env, h, now)},
 		Spec: coordinationv1.LeaseSpec{
-			HolderIdentity:       ptr(fmt.Sprintf("job %d of pipeline %d (%s)", h.Job, h.Pipeline, h.By)),
+			HolderIdentity:       ptr(h.String()),
 			LeaseDurationSeconds: &secs,
 			AcquireTime:          &metav1.MicroTime{Time: now},
 			RenewTime:            &metav1.MicroTime{Time: now},
 		},
 	}
-	deadline := now.Add(timeout)
-	told := false
-	for {
-		_, err := leases.Create(ctx, lease, metav1.CreateOptions{})
-		if err == nil {
-			return nil
-		}
-		if !apierrors.IsAlreadyExists(err) {
-			return failure.Systemf("%s: take the deploy lock (Lease %s in %s): %w", d.Env, d.leaseName(), d.Spec.Namespace, err)
-		}
-		cur, err := leases.Get(ctx, d.leaseName(), metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			continue // released meanwhile
-		}
-		if err != nil {
-			return failure.Systemf("%s: read the deploy lock: %w", d.Env, err)
-		}
-		holder, since := deref(cur.Spec.HolderIdentity), cur.Spec.AcquireTime
-		if why := staleLease(cur); why != "" {
-			fmt.Fprintf(d.Out, "berth: taking over the lock of %s from %s: %s\n", d.Env, holder, why)
-			_ = leases.Delete(ctx, d.leaseName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &cur.ResourceVersion}})
-			continue
-		}
-		if !told {
-			at := ""
-			if since != nil {
-				at = since.UTC().Format(time.RFC3339)
+	var seen string // the resource version a waiter saw stale
+	return driver.WaitLock(ctx, driver.LockOps{
+		Take: func(ctx context.Context) (bool, error) {
+			_, err := leases.Create(ctx, lease, metav1.CreateOptions{})
+			switch {
+			case err == nil:
+				return true, nil
+			case apierrors.IsAlreadyExists(err):
+				return false, nil
+			default:
+				return false, failure.Systemf("%s: take the deploy lock (Lease %s in %s): %w", d.Env, d.leaseName(), d.Spec.Namespace, err)
 			}
-			fmt.Fprintf(d.Out, "berth: waiting for %s: %s deploys it since %s\n", d.Env, holder, at)
-			told = true
-		}
-		if time.Now().After(deadline) {
-			return failure.Buildf("%s is still locked by %s after %s: retry the job, or raise lock_timeout for the environment", d.Env, holder, timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return failure.Buildf("cancelled while waiting for the lock of %s", d.Env)
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
+		},
+		Look: func(ctx context.Context) (driver.LockState, bool, error) {
+			cur, err := leases.Get(ctx, d.leaseName(), metav1.GetOptions{})
+			if apierrors.IsNotFound(err) {
+				return driver.LockState{}, true, nil
+			}
+			if err != nil {
+				return driver.LockState{}, false, failure.Systemf("%s: read the deploy lock: %w", d.Env, err)
+			}
+			seen = cur.ResourceVersion
+			st := driver.LockState{Holder: deref(cur.Spec.HolderIdentity), Stale: staleLease(cur)}
+			if cur.Spec.AcquireTime != nil {
+				st.Since = cur.Spec.AcquireTime.UTC().Format(time.RFC3339)
+			}
+			return st, false, nil
+		},
+		// by resource version: a waiter that took it over first has made a new one
+		TakeOver: func(ctx context.Context) (bool, error) {
+			err := leases.Delete(ctx, d.leaseName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &seen}})
+			return err == nil, nil
+		},
+	}, d.Out, d.Env, timeout)
 }
 
 // Unlock gives the Lease back if this job still holds it.
-func (d *Driver) Unlock(ctx context.Context, h stages.Holder) error {
+func (d *Driver) Unlock(ctx context.Context, h driver.Holder) error {
 	leases := d.Client.CoordinationV1().Leases(d.Spec.Namespace)
 	cur, err := leases.Get(ctx, d.leaseName(), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
@@ -107,7 +92,7 @@ func (d *Driver) Unlock(ctx context.Context, h stages.Holder) error {
 	if err != nil {
 		return failure.Systemf("%s: read the deploy lock: %w", d.Env, err)
 	}
-	if cur.Annotations[annLockJob] != strconv.FormatInt(h.Job, 10) {
+	if cur.Annotations[driver.LabelLockJob] != strconv.FormatInt(h.Job, 10) {
 		return nil // taken over meanwhile
 	}
 	err = leases.Delete(ctx, d.leaseName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &cur.ResourceVersion}})
@@ -119,11 +104,8 @@ func (d *Driver) Unlock(ctx context.Context, h stages.Holder) error {
 
 // staleLease says why a Lease's holder is gone, or "".
 func staleLease(l *coordinationv1.Lease) string {
-	if d, err := time.Parse(time.RFC3339, l.Annotations[annLockDeadline]); err == nil && time.Now().After(d) {
-		return "its job is over since " + d.Format(time.RFC3339)
-	}
-	if pid, err := strconv.Atoi(l.Annotations[annLockPID]); err == nil && l.Annotations[annLockHost] != "" && l.Annotations[annLockHost] == stages.BootID() && stages.ProcessGone(pid) {
-		return fmt.Sprintf("its berth (pid %d on this host) is gone", pid)
+	if why := driver.HolderOfLabels(l.Annotations).Gone(time.Now()); why != "" {
+		return why
 	}
 	last := l.Spec.RenewTime
 	if last == nil {
@@ -138,7 +120,7 @@ func staleLease(l *coordinationv1.Lease) string {
 }
 
 // Renew keeps the Lease while job h holds it; it stops when ctx ends.
-func (d *Driver) Renew(ctx context.Context, h stages.Holder) {
+func (d *Driver) Renew(ctx context.Context, h driver.Holder) {
 	leases := d.Client.CoordinationV1().Leases(d.Spec.Namespace)
 	t := time.NewTicker(RenewEvery)
 	defer t.Stop()
@@ -149,7 +131,7 @@ func (d *Driver) Renew(ctx context.Context, h stages.Holder) {
 		case <-t.C:
 		}
 		cur, err := leases.Get(ctx, d.leaseName(), metav1.GetOptions{})
-		if err != nil || cur.Annotations[annLockJob] != strconv.FormatInt(h.Job, 10) {
+		if err != nil || cur.Annotations[driver.LabelLockJob] != strconv.FormatInt(h.Job, 10) {
 			continue
 		}
 		cur.Spec.RenewTime = &metav1.MicroTime{Time: time.Now()}
@@ -159,7 +141,7 @@ func (d *Driver) Renew(ctx context.Context, h stages.Holder) {
 
 // RecoverHeld is Recover for job: when it still holds the Lease (killed
 // mid-way), its rollout is put right and the Lease released.
-func (d *Driver) RecoverHeld(ctx context.Context, h stages.Holder) error {
+func (d *Driver) RecoverHeld(ctx context.Context, h driver.Holder) error {
 	cur, err := d.Client.CoordinationV1().Leases(d.Spec.Namespace).Get(ctx, d.leaseName(), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil
@@ -167,7 +149,7 @@ func (d *Driver) RecoverHeld(ctx context.Context, h stages.Holder) error {
 	if err != nil {
 		return failure.Systemf("%s: read the deploy lock: %w", d.Env, err)
 	}
-	if cur.Annotations[annLockJob] != strconv.FormatInt(h.Job, 10) {
+	if cur.Annotations[driver.LabelLockJob] != strconv.FormatInt(h.Job, 10) {
 		return nil
 	}
 	if err := d.Recover(ctx); err != nil {

@@ -1,4 +1,8 @@
-package executor
+// Package engine is how berth reaches a Docker engine, for the job
+// containers and for every environment on a Docker host: the client, the
+// progress streams of pulls and imports, and the labels that say what berth
+// made. A leaf: the protocol and the drivers both stand on it.
+package engine
 
 import (
 	"fmt"

@@ -1,4 +1,4 @@
-package stages
+package containers
 
 import (
 	"archive/tar"
@@ -13,12 +13,14 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/berthci/berth/stages/driver"
+
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/go-connections/nat"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/engine"
 	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
@@ -58,7 +60,7 @@ func anchorLayout(exposed nat.PortSet, bindings nat.PortMap, networks []string) 
 // anchorImage makes the anchor image present on the target, imported from
 // berth's own binary (it runs `berth anchor`, which waits for a signal).
 // It returns "" and why when the target cannot run that binary.
-func (d *ContainerDriver) anchorImage(ctx context.Context) (ref, why string, err error) {
+func (d *Driver) anchorImage(ctx context.Context) (ref, why string, err error) {
 	if d.Spec.PortsOn == settings.PortsOnContainer {
 		return "", "", nil
 	}
@@ -102,10 +104,10 @@ func (d *ContainerDriver) anchorImage(ctx context.Context) (ref, why string, err
 		pw.CloseWithError(err)
 	}()
 	rc, err := d.Engine.ImageImport(ctx, image.ImportSource{Source: pr, SourceName: "-"}, ref, image.ImportOptions{
-		Changes: []string{`ENTRYPOINT ["/berth", "anchor"]`, "LABEL " + executor.LabelRole + "=" + RoleAnchor},
+		Changes: []string{`ENTRYPOINT ["/berth", "anchor"]`, "LABEL " + engine.LabelRole + "=" + RoleAnchor},
 	})
 	if err == nil {
-		err = drain(rc)
+		err = engine.ReadProgressClose(rc)
 	}
 	if err != nil {
 		return "", "", failure.Systemf("import the anchor image %s on the target: %w", ref, err)
@@ -141,10 +143,10 @@ func staticBinarySum(path string) (sum, why string, err error) {
 
 // anchorConfig renders the anchor: the ports and networks of the
 // environment, the container name as its alias on user networks.
-func (d *ContainerDriver) anchorConfig(ref string, exposed nat.PortSet, bindings nat.PortMap) (*container.Config, *container.HostConfig, *network.NetworkingConfig) {
+func (d *Driver) anchorConfig(ref string, exposed nat.PortSet, bindings nat.PortMap) (*container.Config, *container.HostConfig, *network.NetworkingConfig) {
 	name := d.Spec.Name
 	cfg := &container.Config{Image: ref, ExposedPorts: exposed, Labels: map[string]string{
-		LabelEnv: d.Env, executor.LabelRole: RoleAnchor, labelAnchorLayout: anchorLayout(exposed, bindings, d.Spec.Networks),
+		driver.LabelEnv: d.Env, engine.LabelRole: RoleAnchor, labelAnchorLayout: anchorLayout(exposed, bindings, d.Spec.Networks),
 	}}
 	host := &container.HostConfig{PortBindings: bindings, RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped}}
 	netCfg := &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{}}

@@ -1,4 +1,4 @@
-package stages
+package driver
 
 import (
 	"context"
@@ -79,6 +79,10 @@ func ProcessGone(pid int) bool {
 	}
 	return false
 }
+
+// LockName is the name of the deploy lock of a target key: a container on
+// a Docker engine, a Lease on Kubernetes.
+func LockName(key string) string { return "berth-lock-" + key }
 
 // Driver is the one interface every environment driver implements; the
 // deploy stage is written once against it.

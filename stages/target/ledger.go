@@ -1,4 +1,4 @@
-package stages
+package target
 
 import (
 	"archive/tar"
@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"io"
 	"time"
+
+	"github.com/berthci/berth/stages/driver"
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
@@ -50,7 +52,7 @@ type Ledger struct {
 	Owner      string    `json:"owner,omitempty"`
 	OwnerSince time.Time `json:"owner_since,omitzero"`
 	// Entries are the deployments berth made, newest first.
-	Entries []Entry `json:"entries,omitempty"`
+	Entries []driver.Entry `json:"entries,omitempty"`
 	// Switch is a change of what serves that has begun and not ended: a
 	// berth killed mid-way leaves it for the next deploy, rollback or its
 	// job's cleanup to finish (Recover).
@@ -65,87 +67,40 @@ type Switch struct {
 	Since time.Time `json:"since"`
 	// From served before (its container id, "" for nothing); To is being
 	// switched to, and ToName what To was called before the switch.
-	From   string `json:"from,omitempty"`
-	To     string `json:"to,omitempty"`
-	ToName string `json:"to_name,omitempty"`
-	Entry  Entry  `json:"entry"`
+	From   string       `json:"from,omitempty"`
+	To     string       `json:"to,omitempty"`
+	ToName string       `json:"to_name,omitempty"`
+	Entry  driver.Entry `json:"entry"`
 	// OldAnchor and NewAnchor are set when the anchor is made again.
 	OldAnchor string `json:"old_anchor,omitempty"`
 	NewAnchor string `json:"new_anchor,omitempty"`
 }
 
-// Entry is one deployment in a ledger.
-type Entry struct {
-	// ID is the driver's handle: a container id for the container driver.
-	ID       string    `json:"id,omitempty"`
-	Time     time.Time `json:"time"`
-	Image    string    `json:"image"`
-	Digest   string    `json:"digest,omitempty"`
-	Tag      string    `json:"tag,omitempty"`
-	Ref      string    `json:"ref,omitempty"`
-	Sha      string    `json:"sha,omitempty"`
-	Pipeline int64     `json:"pipeline,omitempty"`
-	Job      int64     `json:"job,omitempty"`
-	By       string    `json:"by,omitempty"`
-	Project  string    `json:"project,omitempty"`
-	Flow     string    `json:"flow,omitempty"`
-	// Result: serving, replaced, failed, rolled back by X.
-	Result string `json:"result"`
-	// Adopted: berth found it serving and did not deploy it.
-	Adopted bool `json:"adopted,omitempty"`
-}
-
-// Results a version can have.
-const (
-	ResultServing     = "serving"
-	ResultReplaced    = "replaced"
-	ResultFailed      = "failed, previous restored"
-	ResultInterrupted = "interrupted, previous restored"
-)
-
-// RolledBackBy is the result of a version that a rollback replaced.
-func RolledBackBy(by string) string { return "rolled back by " + by }
-
-// EntryOf is the ledger entry of a release.
-func EntryOf(r Release, id, result string) Entry {
-	return Entry{ID: id, Time: time.Now().UTC(), Image: r.Image, Digest: r.Digest, Tag: r.Tag, Ref: r.Ref, Sha: r.Sha,
-		Pipeline: r.Pipeline, Job: r.Job, By: r.By, Project: r.Project, Flow: r.Flow, Result: result}
-}
-
-// Record is the version as a line of history.
-func (v Entry) Record() Record {
-	r := Record{Time: v.Time, Ref: v.Ref, Tag: v.Tag, Digest: v.Digest, Pipeline: v.Pipeline, Job: v.Job, By: v.By, Result: v.Result, ID: v.ID, Flow: v.Flow}
-	if v.Adopted {
-		r.Result += " (adopted: started by hand)"
-	}
-	return r
-}
-
 // Serving is the version that serves, if any.
-func (l *Ledger) Serving() (Entry, bool) {
+func (l *Ledger) Serving() (driver.Entry, bool) {
 	for _, v := range l.Entries {
-		if v.Result == ResultServing {
+		if v.Result == driver.ResultServing {
 			return v, true
 		}
 	}
-	return Entry{}, false
+	return driver.Entry{}, false
 }
 
 // Push records v as the newest version; the one that served is marked
 // with result (replaced, rolled back by X) when v serves now.
-func (l *Ledger) Push(v Entry, result string) {
-	if v.Result == ResultServing {
+func (l *Ledger) Push(v driver.Entry, result string) {
+	if v.Result == driver.ResultServing {
 		for i := range l.Entries {
-			if l.Entries[i].Result == ResultServing {
+			if l.Entries[i].Result == driver.ResultServing {
 				l.Entries[i].Result = result
 			}
 		}
 	}
-	l.Entries = append([]Entry{v}, l.Entries...)
+	l.Entries = append([]driver.Entry{v}, l.Entries...)
 }
 
 // Find is the version with the id.
-func (l *Ledger) Find(id string) (*Entry, bool) {
+func (l *Ledger) Find(id string) (*driver.Entry, bool) {
 	for i := range l.Entries {
 		if l.Entries[i].ID == id {
 			return &l.Entries[i], true
@@ -309,7 +264,7 @@ func (s *LedgerStore) Owner(ctx context.Context, claim string) (string, error) {
 
 func (l Ledger) clone() Ledger {
 	c := l
-	c.Entries = append([]Entry(nil), l.Entries...)
+	c.Entries = append([]driver.Entry(nil), l.Entries...)
 	if l.Switch != nil {
 		sw := *l.Switch
 		c.Switch = &sw

@@ -1,12 +1,13 @@
-package stages
+package driver
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/berthci/berth/executor/joblog"
 )
 
 // The test rig's fault injection: with BERTH_TEST_PAUSE_AT=KIND:STEP
@@ -30,7 +31,7 @@ func PauseFromEnv(getenv func(string) string, out io.Writer) func(ctx context.Co
 		if step != at {
 			return
 		}
-		fmt.Fprintf(out, "berth: test hook: pausing at %s\n", step)
+		joblog.Step(out, "test hook: pausing at %s", step)
 		_ = os.WriteFile(file, []byte(strconv.Itoa(os.Getpid())), 0o644)
 		end := time.Now().Add(2 * time.Minute)
 		for time.Now().Before(end) && ctx.Err() == nil {

@@ -1,4 +1,4 @@
-package stages
+package containers
 
 import (
 	"bufio"
@@ -14,41 +14,32 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berthci/berth/stages/driver"
+	"github.com/berthci/berth/stages/target"
+
 	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
-	"github.com/docker/docker/client"
 	"github.com/docker/docker/errdefs"
 	"github.com/docker/docker/pkg/stdcopy"
 	"github.com/docker/go-connections/nat"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/engine"
 	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
-// Labels on every container of a `container` environment: the history and
-// the rollback target live here, on the target host.
-const (
-	LabelEnv      = "berth.env"
-	LabelRef      = "berth.ref"
-	LabelTag      = "berth.tag"
-	LabelDigest   = "berth.digest"
-	LabelImage    = "berth.image"
-	LabelPipeline = "berth.pipeline"
-	LabelJob      = "berth.job.deployed"
-	LabelBy       = "berth.by"
-	LabelDeployed = "berth.deployed"
-	LabelPrevious = "berth.previous"
-)
+// LabelPrevious on a container is the id of the one it replaced, for
+// people (the ledger is what berth reads).
+const LabelPrevious = "berth.previous"
 
 // ContainerEngine is what the container driver needs from the target engine.
 type ContainerEngine interface {
-	LockEngine
-	Puller
+	target.LockEngine
+	target.Puller
 	ContainerStart(ctx context.Context, id string, opts container.StartOptions) error
 	ContainerStop(ctx context.Context, id string, opts container.StopOptions) error
 	ContainerRename(ctx context.Context, id, newName string) error
@@ -61,13 +52,13 @@ type ContainerEngine interface {
 	ServerVersion(ctx context.Context) (types.Version, error)
 }
 
-// ContainerDriver runs an environment as one named container on a Docker
+// Driver runs an environment as one named container on a Docker
 // host, replaced by a health-gated switch with the old one kept for rollback.
-type ContainerDriver struct {
+type Driver struct {
 	Env    string
 	Spec   settings.ContainerSpec
 	Engine ContainerEngine
-	Creds  *Credentials
+	Creds  *target.Credentials
 	Out    io.Writer
 	// AnchorBinary is a static Linux berth binary, imported as the anchor
 	// image (anchor.go). Without it, or on a target that cannot run it, the
@@ -76,32 +67,32 @@ type ContainerDriver struct {
 	// Pause is called before each step of a switch ("deploy:stop-old"): the
 	// test rig's fault injection. nil does nothing.
 	Pause   func(ctx context.Context, step string)
-	records *LedgerStore
+	records *target.LedgerStore
 }
 
 // store is the environment's ledger, read once.
-func (d *ContainerDriver) store() *LedgerStore {
+func (d *Driver) store() *target.LedgerStore {
 	if d.records == nil {
-		d.records = &LedgerStore{Engine: d.Engine, Env: d.Env, Key: d.Spec.Name}
+		d.records = &target.LedgerStore{Engine: d.Engine, Env: d.Env, Key: d.Spec.Name}
 	}
 	return d.records
 }
 
-var _ Driver = (*ContainerDriver)(nil)
+var _ driver.Driver = (*Driver)(nil)
 
 // Lock takes the environment's lock on the target engine.
-func (d *ContainerDriver) Lock(ctx context.Context, h Holder, timeout time.Duration) (func(), error) {
-	return EngineLock(ctx, d.Engine, d.Out, d.Env, d.Spec.Name, h, timeout)
+func (d *Driver) Lock(ctx context.Context, h driver.Holder, timeout time.Duration) (func(), error) {
+	return target.EngineLock(ctx, d.Engine, d.Out, d.Env, d.Spec.Name, h, timeout)
 }
 
 // Owner is the project that owns the environment, from its ledger.
-func (d *ContainerDriver) Owner(ctx context.Context, claim string) (string, error) {
+func (d *Driver) Owner(ctx context.Context, claim string) (string, error) {
 	return d.store().Owner(ctx, claim)
 }
 
 // createAnchor creates, under a name of this deploy, the anchor that the
 // new container joins; startAnchor names and starts it.
-func (d *ContainerDriver) createAnchor(ctx context.Context, ref string, rc rendered, job int64) (string, error) {
+func (d *Driver) createAnchor(ctx context.Context, ref string, rc rendered, job int64) (string, error) {
 	tmp := fmt.Sprintf("%s-new-%d", AnchorName(d.Spec.Name), job)
 	_ = d.Engine.ContainerRemove(ctx, tmp, container.RemoveOptions{Force: true}) // a crashed attempt's leftover
 	cfg, host, netCfg := d.anchorConfig(ref, rc.exposed, rc.bindings)
@@ -114,7 +105,7 @@ func (d *ContainerDriver) createAnchor(ctx context.Context, ref string, rc rende
 
 // startAnchor starts the anchor the new container joins: the one made for
 // this deploy, or the existing one if someone stopped it.
-func (d *ContainerDriver) startAnchor(ctx context.Context, newAnchor string, anc container.InspectResponse, keep bool) error {
+func (d *Driver) startAnchor(ctx context.Context, newAnchor string, anc container.InspectResponse, keep bool) error {
 	name := AnchorName(d.Spec.Name)
 	switch {
 	case newAnchor != "":
@@ -149,7 +140,7 @@ func keptName(name, id, why string) string {
 	return n
 }
 
-func (d *ContainerDriver) inspect(ctx context.Context, name string) (container.InspectResponse, bool, error) {
+func (d *Driver) inspect(ctx context.Context, name string) (container.InspectResponse, bool, error) {
 	c, err := d.Engine.ContainerInspect(ctx, name)
 	if errdefs.IsNotFound(err) {
 		return c, false, nil
@@ -160,65 +151,12 @@ func (d *ContainerDriver) inspect(ctx context.Context, name string) (container.I
 	return c, true, nil
 }
 
-func (d *ContainerDriver) stop(ctx context.Context, id string) error {
+func (d *Driver) stop(ctx context.Context, id string) error {
 	secs := int(d.Spec.StopTimeout.D().Seconds())
 	if err := d.Engine.ContainerStop(ctx, id, container.StopOptions{Timeout: &secs}); err != nil && !errdefs.IsNotFound(err) {
 		return failure.Systemf("stop container %s: %w", id[:12], err)
 	}
 	return nil
-}
-
-// Puller is what pulling an image on a target needs.
-type Puller interface {
-	ImageInspect(ctx context.Context, ref string, opts ...client.ImageInspectOption) (image.InspectResponse, error)
-	ImagePull(ctx context.Context, ref string, opts image.PullOptions) (io.ReadCloser, error)
-}
-
-// PullOnTarget makes ref present on a target engine, with the registry
-// credentials berth found for it; an outage is retried with backoff, each
-// attempt in out. A release berth resolved that cannot be pulled is the
-// host's fault.
-func PullOnTarget(ctx context.Context, eng Puller, creds *Credentials, out io.Writer, ref string) error {
-	if _, err := eng.ImageInspect(ctx, ref); err == nil {
-		return nil
-	}
-	auth, _, err := creds.Encoded(ref)
-	if err != nil {
-		return err
-	}
-	err = withRetries(ctx, pullRetries, time.Sleep, out, "pull on the target failed", func() error {
-		rc, err := eng.ImagePull(ctx, ref, image.PullOptions{RegistryAuth: auth})
-		if err == nil {
-			err = drain(rc)
-		}
-		if err != nil && !failure.IsOutage(err) {
-			return permanent{err}
-		}
-		return err
-	})
-	if err != nil {
-		return failure.Systemf("pull %s on the target: %v", ref, unwrapPermanent(err))
-	}
-	return nil
-}
-
-// pullRetries are the retries of a pull on a target after an outage.
-const pullRetries = 3
-
-// permanent marks an error that a retry does not fix.
-type permanent struct{ error }
-
-func unwrapPermanent(err error) error {
-	if p, ok := err.(permanent); ok {
-		return p.error
-	}
-	return err
-}
-
-// drain reads a progress stream to its end and returns its error message.
-func drain(rc io.ReadCloser) error {
-	defer rc.Close()
-	return executor.ReadProgress(rc)
 }
 
 // rendered is the new container, and the ports it publishes or, anchored,
@@ -236,7 +174,7 @@ type rendered struct {
 // someone started by hand is adopted: its ports, env and volumes carry over
 // where the spec says nothing. Anchored, the container joins the anchor's
 // network namespace and publishes nothing itself.
-func (d *ContainerDriver) render(r Release, old container.InspectResponse, hasOld, anchored bool) (rendered, error) {
+func (d *Driver) render(r driver.Release, old container.InspectResponse, hasOld, anchored bool) (rendered, error) {
 	s := d.Spec
 	env := append([]string(nil), s.Env...)
 	if s.EnvFile != "" {
@@ -250,11 +188,7 @@ func (d *ContainerDriver) render(r Release, old container.InspectResponse, hasOl
 	for k, v := range s.Labels {
 		labels[k] = v
 	}
-	for k, v := range map[string]string{
-		LabelEnv: d.Env, LabelRef: r.Ref, LabelTag: r.Tag, LabelDigest: r.Digest, LabelImage: r.Image,
-		LabelPipeline: strconv.FormatInt(r.Pipeline, 10), LabelJob: strconv.FormatInt(r.Job, 10),
-		LabelBy: r.By, LabelDeployed: time.Now().UTC().Format(time.RFC3339),
-	} {
+	for k, v := range driver.Labels(d.Env, driver.EntryOf(r, "", "")) {
 		labels[k] = v
 	}
 	if hasOld {
@@ -274,7 +208,7 @@ func (d *ContainerDriver) render(r Release, old container.InspectResponse, hasOl
 	}
 	cfg := &container.Config{Image: r.Image, Env: env, Labels: labels}
 	host := &container.HostConfig{Mounts: mounts, RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyMode(s.Restart)}}
-	if hasOld && len(old.Config.Labels[LabelEnv]) == 0 && old.HostConfig != nil { // adopting a hand-made container
+	if hasOld && len(old.Config.Labels[driver.LabelEnv]) == 0 && old.HostConfig != nil { // adopting a hand-made container
 		if len(s.Ports) == 0 {
 			exposed, bindings = old.Config.ExposedPorts, old.HostConfig.PortBindings
 		}
@@ -350,7 +284,7 @@ func readEnvFile(path string) ([]string, error) {
 // waitHealthy waits, up to timeout, for the health URL to answer 2xx, or
 // the health command to exit 0; without either, for the container to stay
 // up a moment.
-func (d *ContainerDriver) waitHealthy(ctx context.Context, id string, timeout time.Duration) error {
+func (d *Driver) waitHealthy(ctx context.Context, id string, timeout time.Duration) error {
 	s := d.Spec
 	deadline := time.Now().Add(timeout)
 	var last error
@@ -405,7 +339,7 @@ func httpHealthy(ctx context.Context, url string) error {
 	return nil
 }
 
-func (d *ContainerDriver) execHealthy(ctx context.Context, id string) error {
+func (d *Driver) execHealthy(ctx context.Context, id string) error {
 	ex, err := d.Engine.ContainerExecCreate(ctx, id, container.ExecOptions{Cmd: d.Spec.HealthCmd, AttachStdout: true, AttachStderr: true})
 	if err != nil {
 		return err
@@ -427,7 +361,7 @@ func (d *ContainerDriver) execHealthy(ctx context.Context, id string) error {
 }
 
 // lastLogs is the tail of a container's output, for the job log.
-func (d *ContainerDriver) lastLogs(ctx context.Context, id string, n int) string {
+func (d *Driver) lastLogs(ctx context.Context, id string, n int) string {
 	rc, err := d.Engine.ContainerLogs(context.WithoutCancel(ctx), id, container.LogsOptions{ShowStdout: true, ShowStderr: true, Tail: strconv.Itoa(n)})
 	if err != nil {
 		return ""
@@ -445,22 +379,22 @@ func (d *ContainerDriver) lastLogs(ctx context.Context, id string, n int) string
 // 0.3 kept none), it is made from the containers that carry the
 // environment's labels: trusted this once, when berth takes over its own
 // earlier deployments.
-func (d *ContainerDriver) ledger(ctx context.Context) (Ledger, error) {
+func (d *Driver) ledger(ctx context.Context) (target.Ledger, error) {
 	l, ok, err := d.store().Read(ctx)
 	if err != nil || ok {
 		return l, err
 	}
 	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(
-		filters.Arg("label", LabelEnv+"="+d.Env), filters.Arg("name", "^/"+d.Spec.Name))})
+		filters.Arg("label", driver.LabelEnv+"="+d.Env), filters.Arg("name", "^/"+d.Spec.Name))})
 	if err != nil {
 		return l, failure.Systemf("list containers of %s: %w", d.Env, err)
 	}
 	keptRe := regexp.MustCompile("^" + regexp.QuoteMeta(d.Spec.Name) + "(-[0-9a-f]{12}(-.+)?)?$")
 	for _, c := range list {
-		if name := containerName(c); keptRe.MatchString(name) && c.Labels[executor.LabelRole] != RoleAnchor {
+		if name := containerName(c); keptRe.MatchString(name) && c.Labels[engine.LabelRole] != RoleAnchor {
 			result := labelledResult(name)
 			if name == d.Spec.Name {
-				result = ResultServing
+				result = driver.ResultServing
 			}
 			l.Entries = append(l.Entries, entryOfLabels(c, result))
 		}
@@ -473,23 +407,19 @@ func (d *ContainerDriver) ledger(ctx context.Context) (Ledger, error) {
 func labelledResult(name string) string {
 	switch {
 	case strings.HasSuffix(name, "-failed"):
-		return ResultFailed
+		return driver.ResultFailed
 	case strings.Contains(name, "-rb-"):
-		return RolledBackBy(name[strings.Index(name, "-rb-")+4:])
+		return driver.RolledBackBy(name[strings.Index(name, "-rb-")+4:])
 	default:
-		return ResultReplaced
+		return driver.ResultReplaced
 	}
 }
 
 // entryOfLabels is a container's ledger entry from its labels.
-func entryOfLabels(c container.Summary, result string) Entry {
-	l := c.Labels
-	e := Entry{ID: c.ID, Image: l[LabelImage], Ref: l[LabelRef], Tag: l[LabelTag], Digest: l[LabelDigest], By: l[LabelBy], Result: result}
-	e.Pipeline, _ = strconv.ParseInt(l[LabelPipeline], 10, 64)
-	e.Job, _ = strconv.ParseInt(l[LabelJob], 10, 64)
-	if t, err := time.Parse(time.RFC3339, l[LabelDeployed]); err == nil {
-		e.Time = t
-	} else {
+func entryOfLabels(c container.Summary, result string) driver.Entry {
+	e := driver.EntryOfLabels(c.Labels, result)
+	e.ID = c.ID
+	if e.Time.IsZero() {
 		e.Time = time.Unix(c.Created, 0).UTC()
 	}
 	return e
@@ -497,8 +427,8 @@ func entryOfLabels(c container.Summary, result string) Entry {
 
 // adoptedEntry records the serving container when the ledger does not
 // know it: started by hand, so berth takes it over (docs/deploy.md).
-func adoptedEntry(c container.InspectResponse) Entry {
-	e := Entry{ID: c.ID, Image: c.Config.Image, Tag: c.Config.Image, Result: ResultServing, Adopted: true}
+func adoptedEntry(c container.InspectResponse) driver.Entry {
+	e := driver.Entry{ID: c.ID, Image: c.Config.Image, Tag: c.Config.Image, Result: driver.ResultServing, Adopted: true}
 	if t, err := time.Parse(time.RFC3339Nano, c.Created); err == nil {
 		e.Time = t.UTC()
 	}
@@ -507,7 +437,7 @@ func adoptedEntry(c container.InspectResponse) Entry {
 
 // kept are the containers of the ledger's entries that do not serve,
 // newest first, each with its entry: only what berth recorded counts.
-func (d *ContainerDriver) kept(ctx context.Context, l Ledger) ([]container.Summary, []Entry, error) {
+func (d *Driver) kept(ctx context.Context, l target.Ledger) ([]container.Summary, []driver.Entry, error) {
 	list, err := d.Engine.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", "^/"+d.Spec.Name+"-"))})
 	if err != nil {
 		return nil, nil, failure.Systemf("list containers of %s: %w", d.Env, err)
@@ -517,9 +447,9 @@ func (d *ContainerDriver) kept(ctx context.Context, l Ledger) ([]container.Summa
 		byID[c.ID] = c
 	}
 	var cs []container.Summary
-	var es []Entry
+	var es []driver.Entry
 	for _, e := range l.Entries {
-		if c, ok := byID[e.ID]; ok && e.Result != ResultServing {
+		if c, ok := byID[e.ID]; ok && e.Result != driver.ResultServing {
 			cs, es = append(cs, c), append(es, e)
 		}
 	}
@@ -528,7 +458,7 @@ func (d *ContainerDriver) kept(ctx context.Context, l Ledger) ([]container.Summa
 
 // prune keeps the newest Keep previous containers, stopped, removes the
 // rest, and writes the ledger without them.
-func (d *ContainerDriver) prune(ctx context.Context, l Ledger) error {
+func (d *Driver) prune(ctx context.Context, l target.Ledger) error {
 	kept, _, err := d.kept(ctx, l)
 	if err != nil {
 		return err
@@ -543,7 +473,7 @@ func (d *ContainerDriver) prune(ctx context.Context, l Ledger) error {
 		}
 		gone[c.ID] = true
 	}
-	l.Entries = slices.DeleteFunc(l.Entries, func(e Entry) bool { return gone[e.ID] })
+	l.Entries = slices.DeleteFunc(l.Entries, func(e driver.Entry) bool { return gone[e.ID] })
 	return d.store().Write(ctx, l)
 }
 
@@ -557,7 +487,7 @@ func containerName(c container.Summary) string {
 // joinAnchor makes a kept container ready to start in the anchor: the
 // anchor runs, and a container made before the anchor was made again (the
 // ports changed since) is made again too, in the current one.
-func (d *ContainerDriver) joinAnchor(ctx context.Context, target *container.Summary) error {
+func (d *Driver) joinAnchor(ctx context.Context, chosen *container.Summary) error {
 	name := AnchorName(d.Spec.Name)
 	anc, hasAnc, err := d.inspect(ctx, name)
 	if err != nil {
@@ -571,10 +501,10 @@ func (d *ContainerDriver) joinAnchor(ctx context.Context, target *container.Summ
 			return fmt.Errorf("start the anchor %s: %w", name, err)
 		}
 	}
-	if container.NetworkMode(target.HostConfig.NetworkMode).ConnectedContainer() == anc.ID {
+	if container.NetworkMode(chosen.HostConfig.NetworkMode).ConnectedContainer() == anc.ID {
 		return nil
 	}
-	ins, err := d.Engine.ContainerInspect(ctx, target.ID)
+	ins, err := d.Engine.ContainerInspect(ctx, chosen.ID)
 	if err != nil {
 		return err
 	}
@@ -583,22 +513,17 @@ func (d *ContainerDriver) joinAnchor(ctx context.Context, target *container.Summ
 	host.NetworkMode = container.NetworkMode("container:" + anc.ID)
 	made, err := d.Engine.ContainerCreate(ctx, cfg, host, nil, nil, "")
 	if err != nil {
-		return fmt.Errorf("make %s again in the current anchor: %w", containerName(*target), err)
+		return fmt.Errorf("make %s again in the current anchor: %w", containerName(*chosen), err)
 	}
-	if err := d.Engine.ContainerRemove(ctx, target.ID, container.RemoveOptions{}); err != nil {
+	if err := d.Engine.ContainerRemove(ctx, chosen.ID, container.RemoveOptions{}); err != nil {
 		_ = d.Engine.ContainerRemove(ctx, made.ID, container.RemoveOptions{Force: true})
-		return fmt.Errorf("replace %s: %w", containerName(*target), err)
+		return fmt.Errorf("replace %s: %w", containerName(*chosen), err)
 	}
-	if err := d.Engine.ContainerRename(ctx, made.ID, containerName(*target)); err != nil {
-		return fmt.Errorf("rename the remade %s: %w", containerName(*target), err)
+	if err := d.Engine.ContainerRename(ctx, made.ID, containerName(*chosen)); err != nil {
+		return fmt.Errorf("rename the remade %s: %w", containerName(*chosen), err)
 	}
-	target.ID = made.ID
+	chosen.ID = made.ID
 	return nil
-}
-
-// hasDigestSuffix says whether image is pinned to digest.
-func hasDigestSuffix(image, digest string) bool {
-	return digest != "" && strings.HasSuffix(image, "@"+digest)
 }
 
 // sanitize makes a user name fit a container name.
@@ -616,7 +541,7 @@ func sanitize(s string) string {
 
 // History is the ledger's entries whose containers are still there, by
 // their current names.
-func (d *ContainerDriver) History(ctx context.Context) ([]Record, error) {
+func (d *Driver) History(ctx context.Context) ([]driver.Record, error) {
 	led, err := d.ledger(ctx)
 	if err != nil {
 		return nil, err
@@ -629,7 +554,7 @@ func (d *ContainerDriver) History(ctx context.Context) ([]Record, error) {
 	for _, c := range list {
 		byID[c.ID] = c
 	}
-	var recs []Record
+	var recs []driver.Record
 	for _, e := range led.Entries {
 		c, ok := byID[e.ID]
 		if !ok {
@@ -637,7 +562,7 @@ func (d *ContainerDriver) History(ctx context.Context) ([]Record, error) {
 		}
 		r := e.Record()
 		r.ID = containerName(c)
-		if e.Result == ResultServing && c.State != "running" {
+		if e.Result == driver.ResultServing && c.State != "running" {
 			r.Result = "stopped"
 		}
 		recs = append(recs, r)

@@ -1,4 +1,4 @@
-package stages
+package containers
 
 import (
 	"bytes"
@@ -13,6 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthci/berth/stages"
+	"github.com/berthci/berth/stages/driver"
+	"github.com/berthci/berth/stages/target"
+
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
@@ -20,27 +24,27 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/berthci/berth/executor"
+	"github.com/berthci/berth/executor/engine"
 	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
 )
 
 // appImage builds web:local with a version and health of its own and
 // pushes it; it returns the release to deploy.
-func appImage(t *testing.T, c *client.Client, repo, tag, version string, healthy bool) Release {
+func appImage(t *testing.T, c *client.Client, repo, tag, version string, healthy bool) driver.Release {
 	t.Helper()
 	ctx := context.Background()
 	im, _ := testImages(c)
 	df := fmt.Sprintf("FROM web:local\nENV APP_VERSION=%s APP_HEALTHY=%t\n", version, healthy)
 	ref := repo + ":" + tag
-	_, err := im.Build(ctx, BuildOptions{Dir: sourceDir(t, map[string]string{"Dockerfile": df}), Dockerfile: "Dockerfile", Tags: []string{ref}})
+	_, err := im.Build(ctx, stages.BuildOptions{Dir: sourceDir(t, map[string]string{"Dockerfile": df}), Dockerfile: "Dockerfile", Tags: []string{ref}})
 	require.NoError(t, err)
 	digest, err := im.Push(ctx, ref)
 	require.NoError(t, err)
-	return Release{Env: "web", Image: repo + "@" + digest, Digest: digest, Tag: tag, Ref: "master", Pipeline: 1, Job: time.Now().UnixNano() % 1e6, By: "tester"}
+	return driver.Release{Env: "web", Image: repo + "@" + digest, Digest: digest, Tag: tag, Ref: "master", Pipeline: 1, Job: time.Now().UnixNano() % 1e6, By: "tester"}
 }
 
-func testDriver(t *testing.T, c *client.Client, port int) (*ContainerDriver, *bytes.Buffer) {
+func testDriver(t *testing.T, c *client.Client, port int) (*Driver, *bytes.Buffer) {
 	name := unique("berth-test-web-")
 	var out bytes.Buffer
 	spec := settings.ContainerSpec{
@@ -48,18 +52,18 @@ func testDriver(t *testing.T, c *client.Client, port int) (*ContainerDriver, *by
 		Volumes: []string{name + "-data:/data"}, HealthURL: fmt.Sprintf("http://127.0.0.1:%d/health", port),
 		HealthTimeout: settings.Duration(5 * time.Second), StopTimeout: settings.Duration(2 * time.Second), Keep: 2,
 	}
-	d := &ContainerDriver{Env: name, Spec: spec, Engine: c, Creds: &Credentials{}, Out: &out, AnchorBinary: berthBinary(t)}
+	d := &Driver{Env: name, Spec: spec, Engine: c, Creds: &target.Credentials{}, Out: &out, AnchorBinary: berthBinary(t)}
 	t.Cleanup(func() { removeEnv(c, d) })
 	return d, &out
 }
 
-func removeEnv(c *client.Client, d *ContainerDriver) {
+func removeEnv(c *client.Client, d *Driver) {
 	ctx := context.Background()
 	list, _ := c.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", d.Spec.Name))})
 	for _, x := range list {
 		_ = c.ContainerRemove(ctx, x.ID, container.RemoveOptions{Force: true, RemoveVolumes: true})
 	}
-	_ = c.ContainerRemove(ctx, LockName(d.Spec.Name), container.RemoveOptions{Force: true})
+	_ = c.ContainerRemove(ctx, driver.LockName(d.Spec.Name), container.RemoveOptions{Force: true})
 }
 
 func get(t *testing.T, url string) string {
@@ -106,16 +110,16 @@ func testReplacement(t *testing.T, portsOn string, port int) {
 		published, err = c.ContainerInspect(ctx, AnchorName(d.Spec.Name))
 		require.NoError(t, err)
 		assert.Equal(t, "container:"+published.ID, string(cur.HostConfig.NetworkMode), "joins its anchor")
-		assert.Equal(t, RoleAnchor, published.Config.Labels[executor.LabelRole])
+		assert.Equal(t, RoleAnchor, published.Config.Labels[engine.LabelRole])
 	} else {
 		_, err := c.ContainerInspect(ctx, AnchorName(d.Spec.Name))
 		assert.Error(t, err, "no anchor")
 	}
 	assert.Equal(t, "127.0.0.1", published.HostConfig.PortBindings["5000/tcp"][0].HostIP, "ports kept")
 	l := cur.Config.Labels
-	assert.Equal(t, v2.Digest, l[LabelDigest])
-	assert.Equal(t, "master", l[LabelRef])
-	assert.Equal(t, "1", l[LabelPipeline])
+	assert.Equal(t, v2.Digest, l[driver.LabelDigest])
+	assert.Equal(t, "master", l[driver.LabelRef])
+	assert.Equal(t, "1", l[driver.LabelPipeline])
 	assert.NotEmpty(t, l[LabelPrevious])
 	assert.Equal(t, v2.Image, cur.Config.Image, "runs by digest")
 
@@ -209,12 +213,12 @@ func TestConcurrentDeploysRunOneAfterTheOther(t *testing.T) {
 	var mu sync.Mutex
 	var spans [][2]time.Time
 	var wg sync.WaitGroup
-	for i, rel := range []Release{a, b} {
+	for i, rel := range []driver.Release{a, b} {
 		wg.Add(1)
-		go func(i int, rel Release) {
+		go func(i int, rel driver.Release) {
 			defer wg.Done()
 			rel.Job = int64(1000 + i)
-			unlock, err := d.Lock(ctx, Holder{Job: rel.Job, Pipeline: 9, By: "t", Deadline: time.Now().Add(time.Hour)}, time.Minute)
+			unlock, err := d.Lock(ctx, driver.Holder{Job: rel.Job, Pipeline: 9, By: "t", Deadline: time.Now().Add(time.Hour)}, time.Minute)
 			if !assert.NoError(t, err) {
 				return
 			}
@@ -235,7 +239,7 @@ func TestConcurrentDeploysRunOneAfterTheOther(t *testing.T) {
 	}
 	assert.False(t, second[0].Before(first[1]), "the second deploy started only after the first ended")
 	assert.Contains(t, out.String(), "berth: waiting for "+d.Env+": job 100")
-	_, err := c.ContainerInspect(ctx, LockName(d.Spec.Name))
+	_, err := c.ContainerInspect(ctx, driver.LockName(d.Spec.Name))
 	assert.Error(t, err, "no lock left behind")
 }
 
@@ -243,18 +247,18 @@ func TestStaleLockIsTakenOver(t *testing.T) {
 	c := realEngine(t)
 	ctx := context.Background()
 	d, out := testDriver(t, c, 16004)
-	unlockOld, err := d.Lock(ctx, Holder{Job: 1, Pipeline: 1, By: "crashed", Deadline: time.Now().Add(-time.Minute)}, time.Second)
+	unlockOld, err := d.Lock(ctx, driver.Holder{Job: 1, Pipeline: 1, By: "crashed", Deadline: time.Now().Add(-time.Minute)}, time.Second)
 	require.NoError(t, err)
 	_ = unlockOld // the crashed job never unlocks
-	unlock, err := d.Lock(ctx, Holder{Job: 2, Pipeline: 2, By: "next", Deadline: time.Now().Add(time.Hour)}, 5*time.Second)
+	unlock, err := d.Lock(ctx, driver.Holder{Job: 2, Pipeline: 2, By: "next", Deadline: time.Now().Add(time.Hour)}, 5*time.Second)
 	require.NoError(t, err)
 	unlock()
 	assert.Contains(t, out.String(), "taking over the lock")
 
-	unlockHeld, err := d.Lock(ctx, Holder{Job: 3, Pipeline: 3, By: "busy", Deadline: time.Now().Add(time.Hour)}, time.Second)
+	unlockHeld, err := d.Lock(ctx, driver.Holder{Job: 3, Pipeline: 3, By: "busy", Deadline: time.Now().Add(time.Hour)}, time.Second)
 	require.NoError(t, err)
 	defer unlockHeld()
-	_, err = d.Lock(ctx, Holder{Job: 4, Pipeline: 4, By: "late", Deadline: time.Now().Add(time.Hour)}, time.Second)
+	_, err = d.Lock(ctx, driver.Holder{Job: 4, Pipeline: 4, By: "late", Deadline: time.Now().Add(time.Hour)}, time.Second)
 	assert.ErrorContains(t, err, "still locked by job 3")
 }
 
@@ -265,7 +269,7 @@ func TestHealthCommandAndEnvFile(t *testing.T) {
 	im, _ := testImages(c)
 	// busybox for the health command, the app as the service
 	df := "FROM busybox:local\nCOPY --from=web:local /app /app\nENTRYPOINT [\"/app\"]\n"
-	_, err := im.Build(ctx, BuildOptions{Dir: sourceDir(t, map[string]string{"Dockerfile": df}), Dockerfile: "Dockerfile", Tags: []string{repo + ":latest"}})
+	_, err := im.Build(ctx, stages.BuildOptions{Dir: sourceDir(t, map[string]string{"Dockerfile": df}), Dockerfile: "Dockerfile", Tags: []string{repo + ":latest"}})
 	require.NoError(t, err)
 	digest, err := im.Push(ctx, repo+":latest")
 	require.NoError(t, err)
@@ -276,7 +280,7 @@ func TestHealthCommandAndEnvFile(t *testing.T) {
 	d.Spec.HealthCmd = []string{"wget", "-qO-", "http://127.0.0.1:5000/health"}
 	d.Spec.EnvFile = envFile
 	d.Spec.Env = nil
-	rel := Release{Env: d.Env, Image: repo + "@" + digest, Digest: digest, Tag: "latest", Job: 1}
+	rel := driver.Release{Env: d.Env, Image: repo + "@" + digest, Digest: digest, Tag: "latest", Job: 1}
 	require.NoError(t, d.Deploy(ctx, rel))
 	assert.Equal(t, "app from-env-file", get(t, "http://127.0.0.1:16005/"))
 
@@ -293,15 +297,15 @@ func TestHealthCommandAndEnvFile(t *testing.T) {
 func TestLockNeedsNothingFromTheTarget(t *testing.T) {
 	c := realEngine(t)
 	ctx := context.Background()
-	_, _ = c.ImageRemove(ctx, EmptyImage, image.RemoveOptions{Force: true})
+	_, _ = c.ImageRemove(ctx, target.EmptyImage, image.RemoveOptions{Force: true})
 	d, _ := testDriver(t, c, 16006)
-	unlock, err := d.Lock(ctx, Holder{Job: 7, Pipeline: 7, By: "t", Deadline: time.Now().Add(time.Hour)}, 5*time.Second)
+	unlock, err := d.Lock(ctx, driver.Holder{Job: 7, Pipeline: 7, By: "t", Deadline: time.Now().Add(time.Hour)}, 5*time.Second)
 	require.NoError(t, err)
-	ins, err := c.ContainerInspect(ctx, LockName(d.Spec.Name))
+	ins, err := c.ContainerInspect(ctx, driver.LockName(d.Spec.Name))
 	require.NoError(t, err)
-	assert.Equal(t, EmptyImage, ins.Config.Image)
+	assert.Equal(t, target.EmptyImage, ins.Config.Image)
 	unlock()
-	_, err = c.ContainerInspect(ctx, LockName(d.Spec.Name))
+	_, err = c.ContainerInspect(ctx, driver.LockName(d.Spec.Name))
 	assert.Error(t, err, "released")
 }
 
@@ -318,8 +322,8 @@ func TestOnlyBerthsOwnRecordsCount(t *testing.T) {
 
 	// an impostor, newer than v1, named and labelled like a kept version
 	evil := appImage(t, c, repo, "evil", "evil", true)
-	forged := map[string]string{LabelEnv: d.Env, LabelTag: "latest", LabelDigest: evil.Digest, LabelImage: evil.Image,
-		LabelDeployed: time.Now().UTC().Format(time.RFC3339)}
+	forged := map[string]string{driver.LabelEnv: d.Env, driver.LabelTag: "latest", driver.LabelDigest: evil.Digest, driver.LabelImage: evil.Image,
+		driver.LabelDeployed: time.Now().UTC().Format(time.RFC3339)}
 	made, err := c.ContainerCreate(ctx, &container.Config{Image: evil.Image, Labels: forged}, nil, nil, nil, d.Spec.Name+"-0123456789ab")
 	require.NoError(t, err)
 	hist, err := d.History(ctx)
@@ -336,11 +340,11 @@ func TestOnlyBerthsOwnRecordsCount(t *testing.T) {
 
 	// a lock or ledger of someone else's is refused, not taken over
 	other, _ := testDriver(t, c, 16011)
-	_, err = c.ContainerCreate(ctx, &container.Config{Image: "busybox:local", Labels: map[string]string{LabelLockEnv: other.Env, LabelLockJob: "1", LabelLockDeadline: "2000-01-01T00:00:00Z"}}, nil, nil, nil, LockName(other.Spec.Name))
+	_, err = c.ContainerCreate(ctx, &container.Config{Image: "busybox:local", Labels: map[string]string{target.LabelLockEnv: other.Env, target.LabelLockJob: "1", target.LabelLockDeadline: "2000-01-01T00:00:00Z"}}, nil, nil, nil, driver.LockName(other.Spec.Name))
 	require.NoError(t, err)
-	_, err = other.Lock(ctx, Holder{Job: 2, Deadline: time.Now().Add(time.Hour)}, time.Second)
+	_, err = other.Lock(ctx, driver.Holder{Job: 2, Deadline: time.Now().Add(time.Hour)}, time.Second)
 	assert.ErrorContains(t, err, "that berth did not make")
-	_, err = c.ContainerCreate(ctx, &container.Config{Image: "busybox:local"}, nil, nil, nil, LedgerName(other.Spec.Name))
+	_, err = c.ContainerCreate(ctx, &container.Config{Image: "busybox:local"}, nil, nil, nil, target.LedgerName(other.Spec.Name))
 	require.NoError(t, err)
 	_, err = other.History(ctx)
 	assert.ErrorContains(t, err, "that berth did not make")
@@ -355,7 +359,7 @@ func TestLedgerTakesOverLabelledContainers(t *testing.T) {
 	d, _ := testDriver(t, c, 16012)
 	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "one", true)))
 	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "two", true)))
-	require.NoError(t, c.ContainerRemove(ctx, LedgerName(d.Spec.Name), container.RemoveOptions{Force: true}))
+	require.NoError(t, c.ContainerRemove(ctx, target.LedgerName(d.Spec.Name), container.RemoveOptions{Force: true}))
 	d.records = nil // as a new berth process would
 	hist, err := d.History(ctx)
 	require.NoError(t, err)
@@ -513,7 +517,7 @@ func TestConcurrentDeploysOnAStaleLock(t *testing.T) {
 	const rounds, n = 5, 4
 	for round := 0; round < rounds; round++ {
 		// a lock whose job is over: a crashed runner's
-		_, err := d.Lock(ctx, Holder{Job: 1, Pipeline: 1, By: "crashed", Deadline: time.Now().Add(-time.Second)}, time.Second)
+		_, err := d.Lock(ctx, driver.Holder{Job: 1, Pipeline: 1, By: "crashed", Deadline: time.Now().Add(-time.Second)}, time.Second)
 		require.NoError(t, err)
 		var mu sync.Mutex
 		var spans [][2]time.Time
@@ -522,7 +526,7 @@ func TestConcurrentDeploysOnAStaleLock(t *testing.T) {
 			wg.Add(1)
 			go func(i int) {
 				defer wg.Done()
-				unlock, err := d.Lock(ctx, Holder{Job: int64(100 + i), Pipeline: 2, By: "t", Deadline: time.Now().Add(time.Hour)}, time.Minute)
+				unlock, err := d.Lock(ctx, driver.Holder{Job: int64(100 + i), Pipeline: 2, By: "t", Deadline: time.Now().Add(time.Hour)}, time.Minute)
 				if !assert.NoError(t, err) {
 					return
 				}

@@ -1,4 +1,4 @@
-package stages
+package driver
 
 import (
 	"context"
@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/berthci/berth/executor/joblog"
 )
 
 // A change to what serves is a list of named steps, each with the undo that
@@ -88,7 +90,7 @@ func (s Steps) undo(ctx context.Context, done []Step) error {
 		if err := done[i].Undo(uctx); err != nil {
 			errs = append(errs, fmt.Errorf("undo %s: %w", done[i].Name, err))
 			if s.Out != nil {
-				fmt.Fprintf(s.Out, "berth: warning: could not undo %s of the %s: %v\n", done[i].Name, s.What, err)
+				joblog.Warn(s.Out, "could not undo %s of the %s: %v", done[i].Name, s.What, err)
 			}
 		}
 	}
