@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,7 +59,9 @@ func (a *app) exec(ctx context.Context, args []string) error {
 	if len(jobs) == 0 {
 		return failure.Buildf("no job of %s runs for %s", *file, refText(src.Ref))
 	}
-	pipeline := rand.Int64N(1e9)
+	// pipelines number up in time, as GitLab's do: a deploy checks that no
+	// newer pipeline of its flow deployed already
+	pipeline := time.Now().UnixMilli()
 	fmt.Fprintf(a.stdout, "berth exec: %d job(s) for %s at %.8s, pipeline %d\n", len(jobs), refText(src.Ref), src.Sha, pipeline)
 	var results []execResult
 	failed, failedStage := 0, ""
