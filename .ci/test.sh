@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 make lint
+make cover
 .ci/rig.sh up
 if GLR_BIN=$(.ci/rig.sh runner | tail -n1) && [ -x "$GLR_BIN/gitlab-runner" ]; then
 	export GLR_BIN BERTH_REQUIRE_RIG=1
