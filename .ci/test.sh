@@ -38,7 +38,7 @@ fi
 examples/demo.sh down
 
 # one package at a time: several share the engine and the ports 6000-6103
-go test -count=1 -p 1 ./...
+go test -count=1 -p 1 -timeout 30m ./...
 
 # The benchmarks once each, so they cannot rot; timings are for make bench.
 if [ -z "$skipped" ]; then

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/berthci/berth/executor/settings"
+	"github.com/berthci/berth/stages/containers"
 )
 
 func TestTOMLRegistryHost(t *testing.T) {
@@ -101,4 +102,21 @@ func TestExecJobIDsCannotCollide(t *testing.T) {
 	assert.Greater(t, first, int64(9e15), "far above any id GitLab hands out")
 	assert.Greater(t, last, first)
 	assert.Less(t, last, int64(math.MaxInt64))
+}
+
+// driverOpener is the one registration of the drivers: a name it does
+// not know is refused, never taken for the container driver.
+func TestDriverOpenerRefusesAnUnknownDriver(t *testing.T) {
+	s := settings.Defaults()
+	s.Environments["edge"] = settings.Environment{Driver: "nomad"}
+	a := &app{settings: &s, getenv: func(string) string { return "" }}
+	open := a.driverOpener(&bytes.Buffer{}, a.credentials(), t.TempDir())
+	_, err := open("edge")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `environment edge: berth has no driver "nomad" (environments.edge.driver in berth.toml): use container, compose, kube`)
+	_, err = open("nowhere")
+	assert.ErrorContains(t, err, `no environment "nowhere" in berth.toml`)
+	d, err := open("web")
+	require.NoError(t, err)
+	assert.IsType(t, &containers.Driver{}, d)
 }

@@ -401,6 +401,9 @@ func (d *Driver) wait(ctx context.Context) *stuckRollout {
 			time.Sleep(time.Second)
 			continue
 		}
+		if err != nil && ctx.Err() != nil {
+			return &stuckRollout{reason: "cancelled"} // the job's cancel cut the read short
+		}
 		if err != nil {
 			return &stuckRollout{reason: "reading " + d.where() + ": " + err.Error()}
 		}
