@@ -4,7 +4,7 @@
 #   .ci/rig.sh up        install what is missing, start engine + registry, build images
 #   .ci/rig.sh engine    only the engine
 #   .ci/rig.sh registry  only the registry on 127.0.0.1:5000
-#   .ci/rig.sh images    only the test images (busybox:local, bash:local, berth-helper:local, web:local)
+#   .ci/rig.sh images    only the test images (busybox:local, bash:local, berth-helper:local, caddy:local, web:local)
 #   .ci/rig.sh runner    build the real gitlab-runner; prints its bin dir last
 #   .ci/rig.sh sshd      an sshd on 127.0.0.1:2222 for ssh:// docker hosts (key in $BERTH_RIG_DIR/ssh)
 #   .ci/rig.sh down      stop the engine and registry this script started
@@ -112,6 +112,7 @@ images() {
 		rm -rf "$ctx"
 	fi
 	helper_image
+	caddy_image
 	# web:local, the example app FROM scratch
 	local stamp
 	stamp=$(cat "$root"/examples/app/*.go "$root"/examples/app/Dockerfile | sha256sum | cut -c1-12)
@@ -122,7 +123,7 @@ images() {
 		docker_cli build -q --label "berth.rig.stamp=$stamp" -t web:local "$ctx" >&2
 		rm -rf "$ctx"
 	fi
-	say "images ready: busybox:local bash:local berth-helper:local web:local"
+	say "images ready: busybox:local bash:local berth-helper:local caddy:local web:local"
 }
 
 # berth-helper:local, the job helper image (berth.toml job.helper_image):
@@ -152,6 +153,29 @@ helper_image() {
 	# git lfs install: the system-wide filters, as GitLab's helper image has
 	printf 'FROM bash:local\nCOPY root/ /\nENV PATH=/usr/local/bin:/usr/bin:/bin HOME=/root\nRUN ["/bin/mkdir","-p","/root"]\nRUN ["/usr/bin/git","lfs","install","--system","--skip-repo"]\n' >"$ctx/Dockerfile"
 	docker_cli build -q --label "berth.rig.stamp=$stamp" -t berth-helper:local "$ctx" >&2
+	rm -rf "$ctx"
+}
+
+# caddy:local, the proxy of container environments (berth.toml
+# [proxy] image; caddy:2 elsewhere): Debian's caddy with the libraries it
+# links, laid out as the official image is (XDG dirs /config and /data).
+caddy_image() {
+	apt_install caddy ca-certificates
+	local stamp ctx lib
+	stamp=$( (caddy version; echo 1) | sha256sum | cut -c1-12)
+	if [ "$(docker_cli image inspect -f '{{index .Config.Labels "berth.rig.stamp"}}' caddy:local 2>/dev/null)" = "$stamp" ]; then
+		return 0
+	fi
+	ctx=$(mktemp -d)
+	mkdir -p "$ctx/root/usr/bin" "$ctx/root/etc/ssl/certs" "$ctx/root/config" "$ctx/root/data" "$ctx/root/etc/caddy" "$ctx/root/srv" "$ctx/root/tmp"
+	cp /usr/bin/caddy "$ctx/root/usr/bin/caddy"
+	cp -L /etc/ssl/certs/ca-certificates.crt "$ctx/root/etc/ssl/certs/"
+	printf 'root:x:0:0:root:/root:/sbin/nologin\n' >"$ctx/root/etc/passwd"
+	ldd /usr/bin/caddy | grep -o '/[^ ]*' | while read -r lib; do
+		mkdir -p "$ctx/root$(dirname "$lib")"; cp -L "$lib" "$ctx/root$lib"
+	done
+	printf 'FROM scratch\nCOPY root/ /\nENV PATH=/usr/bin XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data\nWORKDIR /srv\nEXPOSE 80 443 2019\nCMD ["caddy", "run", "--resume"]\n' >"$ctx/Dockerfile"
+	docker_cli build -q --label "berth.rig.stamp=$stamp" -t caddy:local "$ctx" >&2
 	rm -rf "$ctx"
 }
 

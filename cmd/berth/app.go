@@ -20,6 +20,7 @@ import (
 	"github.com/berthci/berth/executor/engine"
 	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
+	"github.com/berthci/berth/stages/containers/proxy"
 )
 
 // app holds what one invocation reads once: settings, job, clients.
@@ -88,6 +89,10 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 			return failure.Systemf("usage: berth helper SOCKET DIR (run by the helper container)")
 		}
 		return executor.ServeHelper(ctx, args[0], args[1])
+	case "proxy":
+		// in NAME-ctl beside an environment proxy (stages/containers/proxy):
+		// berth's side of Caddy's admin API, run through the Engine API
+		return proxy.Ctl(ctx, args, os.Stdin, a.stdout)
 	case "anchor":
 		// PID 1 of an environment's anchor container (stages/anchor.go):
 		// it only holds the network namespace, until stopped.

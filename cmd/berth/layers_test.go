@@ -45,12 +45,13 @@ func TestLayers(t *testing.T) {
 	}
 	// a driver may import its own subpackages and the leaves only
 	drivers := map[string][]string{
-		"stages/target":     nil,
-		"stages/containers": {"stages/target"},
-		"compose":           {"stages/target"},
-		"compose/apply":     {"compose"},
-		"kube":              nil,
-		"kube/rollout":      {"kube"},
+		"stages/target":           nil,
+		"stages/containers":       {"stages/target", "stages/containers/proxy"},
+		"stages/containers/proxy": {"stages/target"},
+		"compose":                 {"stages/target"},
+		"compose/apply":           {"compose"},
+		"kube":                    nil,
+		"kube/rollout":            {"kube"},
 	}
 	for pkg, own := range drivers {
 		for _, d := range deps(t, pkg, false) {

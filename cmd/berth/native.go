@@ -88,7 +88,7 @@ func (a *app) driverOpener(out io.Writer, creds *target.Credentials, dir string)
 			}
 			self, _ := os.Executable() // the anchor image is made of it; without it, no anchor
 			return &containers.Driver{Env: name, Spec: env.Container, Engine: eng, Creds: creds, Out: out, AnchorBinary: self,
-				Pause: driver.PauseFromEnv(a.getenv, out)}, nil
+				ProxySpec: a.settings.Proxy, Pause: driver.PauseFromEnv(a.getenv, out)}, nil
 		default:
 			return nil, failure.Systemf("environment %s: berth has no driver %q (environments.%s.driver in berth.toml): use %s",
 				name, env.Driver, name, strings.Join(settings.Drivers(), ", "))

@@ -179,17 +179,65 @@ type ContainerSpec struct {
 	StopTimeout   Duration `toml:"stop_timeout"`
 	// Keep is how many previous containers stay, stopped, for rollback.
 	Keep int `toml:"keep"`
-	// PortsOn is where the ports are published: "anchor" (a NAME-net
-	// container that the app's containers join, so a switch does not
-	// re-plumb the port) or "container" (the app's container itself).
+	// PortsOn is where the ports are published: "proxy" (berth's Caddy in
+	// front, HTTP only: health before traffic, no request lost), "anchor"
+	// (a NAME-net container that the app's containers join, so a switch
+	// does not re-plumb the port: for raw TCP) or "container" (the app's
+	// container itself).
 	PortsOn string `toml:"ports_on"`
+
+	// With the proxy: Replicas containers behind it, replaced one at a
+	// time; Hosts it serves on the proxy's HTTP and HTTPS ports by name,
+	// with TLS "acme" (certificates from Let's Encrypt or ZeroSSL),
+	// "internal" (Caddy's own CA: tests, private networks) or "off";
+	// DrainTimeout bounds the wait for requests in flight to a replaced
+	// container.
+	Replicas     int      `toml:"replicas"`
+	Hosts        []string `toml:"hosts"`
+	TLS          string   `toml:"tls"`
+	DrainTimeout Duration `toml:"drain_timeout"`
+	// ReleaseCommand runs once in a one-off container of the new image,
+	// with the environment's env, networks and volumes, before traffic
+	// moves (database migrations); a failure stops the deploy.
+	ReleaseCommand []string `toml:"release_command"`
 }
 
 // Values of ContainerSpec.PortsOn.
 const (
+	PortsOnProxy     = "proxy"
 	PortsOnAnchor    = "anchor"
 	PortsOnContainer = "container"
 )
+
+// Values of ContainerSpec.TLS.
+const (
+	TLSACME     = "acme"
+	TLSInternal = "internal"
+	TLSOff      = "off"
+)
+
+// Proxy is the [proxy] table: the Caddy that berth runs on each Docker
+// target in front of the container environments whose ports_on is proxy.
+type Proxy struct {
+	// Image is Caddy's image; berth runs it with `caddy run --resume`.
+	Image string `toml:"image"`
+	// Name is its container; Network the private network of the proxy and
+	// the apps behind it.
+	Name    string `toml:"name"`
+	Network string `toml:"network"`
+	// HTTPPort and HTTPSPort are the host ports that serve the
+	// environments' hosts; HostIP the address they are published on.
+	HTTPPort  int    `toml:"http_port"`
+	HTTPSPort int    `toml:"https_port"`
+	HostIP    string `toml:"host_ip"`
+	// Email is the ACME account's, for certificates of tls = "acme".
+	Email string `toml:"email"`
+	// Manage: berth creates the proxy, and recreates it when a port it
+	// must publish is new. false: an existing Caddy container of that
+	// name, on that network, with its admin API on localhost:2019, is
+	// used as it is; berth only changes its own sites in its config.
+	Manage bool `toml:"manage"`
+}
 
 // DefaultStages are the built-in stage names.
 func DefaultStages() map[string]string {
@@ -248,7 +296,16 @@ func (s *Settings) applyDeployDefaults() {
 			c.Keep = 2
 		}
 		if c.PortsOn == "" {
-			c.PortsOn = PortsOnAnchor
+			c.PortsOn = PortsOnProxy
+		}
+		if c.Replicas == 0 {
+			c.Replicas = 1
+		}
+		if c.TLS == "" {
+			c.TLS = TLSACME
+		}
+		if c.DrainTimeout == 0 {
+			c.DrainTimeout = Duration(30 * time.Second)
 		}
 		if env.Compose.Project == "" {
 			env.Compose.Project = name
@@ -286,6 +343,21 @@ func (s *Settings) applyDeployDefaults() {
 
 func (s *Settings) validateDeploy(errs *problems) {
 	bad := errs.bad
+	px := s.Proxy
+	if px.Image == "" {
+		bad("proxy.image", "must name Caddy's image (caddy:2)")
+	}
+	if !nameRe.MatchString(px.Name) {
+		bad("proxy.name", "%q is not a container name", px.Name)
+	}
+	if !nameRe.MatchString(px.Network) {
+		bad("proxy.network", "%q is not a network name", px.Network)
+	}
+	for key, port := range map[string]int{"http_port": px.HTTPPort, "https_port": px.HTTPSPort} {
+		if port < 1 || port > 65535 {
+			bad("proxy."+key, "%d is not a port", port)
+		}
+	}
 	for _, name := range sortedKeys(s.Stages) {
 		switch s.Stages[name] {
 		case ActionScript, ActionDeploy, ActionRelease:
@@ -372,13 +444,39 @@ func (s *Settings) validateDeploy(errs *problems) {
 				bad(at+".projects", "%q is not a project path (group/app) or a group's projects (group/*)", p)
 			}
 		}
-		if p := c.PortsOn; p != PortsOnAnchor && p != PortsOnContainer {
-			bad(at+".container.ports_on", "%q is not a place (use anchor or container)", p)
+		if p := c.PortsOn; p != PortsOnProxy && p != PortsOnAnchor && p != PortsOnContainer {
+			bad(at+".container.ports_on", "%q is not a place (use proxy, anchor or container)", p)
+		}
+		if c.Replicas < 1 {
+			bad(at+".container.replicas", "must be 1 or more")
+		}
+		if c.PortsOn != PortsOnProxy {
+			if c.Replicas > 1 {
+				bad(at+".container.replicas", "replicas need ports_on = \"proxy\" (one name and port per container otherwise)")
+			}
+			if len(c.Hosts) > 0 {
+				bad(at+".container.hosts", "hosts need ports_on = \"proxy\"")
+			}
+		}
+		if t := c.TLS; t != TLSACME && t != TLSInternal && t != TLSOff {
+			bad(at+".container.tls", "%q is not a TLS mode (use acme, internal or off)", t)
+		}
+		for _, h := range c.Hosts {
+			if !hostRe.MatchString(h) {
+				bad(at+".container.hosts", "%q is not a host name (app.example.com, *.example.com)", h)
+			}
+		}
+		if c.DrainTimeout < 0 {
+			bad(at+".container.drain_timeout", "must not be negative")
 		}
 	}
 }
 
-var restartRe = regexp.MustCompile(`^(|no|always|unless-stopped|on-failure(:[0-9]+)?)$`)
+var (
+	restartRe = regexp.MustCompile(`^(|no|always|unless-stopped|on-failure(:[0-9]+)?)$`)
+	nameRe    = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]*$`)
+	hostRe    = regexp.MustCompile(`^(\*\.)?([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+)
 
 func validRestart(p string) bool { return restartRe.MatchString(p) }
 

@@ -44,6 +44,7 @@ type Settings struct {
 	Stages       map[string]string      `toml:"stages"`
 	Flows        []Flow                 `toml:"flows"`
 	Environments map[string]Environment `toml:"environments"`
+	Proxy        Proxy                  `toml:"proxy"`
 }
 
 // JobContainers is the [job] table: how job and service containers are
@@ -109,6 +110,7 @@ func Defaults() Settings {
 			ServiceWait:         Duration(30 * time.Second),
 			HelperImage:         DefaultHelperImage(),
 		},
+		Proxy: Proxy{Image: "caddy:2", Name: "berth-proxy", Network: "berth-proxy", HTTPPort: 80, HTTPSPort: 443, Manage: true},
 	}
 	s.applyDeployDefaults()
 	return s

@@ -43,7 +43,7 @@ func TestDecode(t *testing.T) {
 		{name: "flow with branch and tag", toml: "[[flows]]\nname = \"x\"\nbranch = \"a\"\ntag = \"b\"\nimage_tag = \"t\"\n", wantErr: []string{`berth.toml:1: flows[0]: flow "x"`, "exactly one"}},
 		{name: "flow with bad pattern", toml: "[[flows]]\nname = \"x\"\nbranch = \"(\"\nimage_tag = \"t\"\n", wantErr: []string{"bad pattern"}},
 		{name: "flow to unknown environment", toml: "[[flows]]\nname = \"x\"\nbranch = \"a\"\nimage_tag = \"t\"\nenvironment = \"moon\"\n", wantErr: []string{`environment "moon" is not defined`}},
-		{name: "bad ports_on", toml: "[environments.web]\ndriver = \"container\"\n[environments.web.container]\nports_on = \"roof\"\n", wantErr: []string{"environments.web.container.ports_on", "roof", "anchor or container"}},
+		{name: "bad ports_on", toml: "[environments.web]\ndriver = \"container\"\n[environments.web.container]\nports_on = \"roof\"\n", wantErr: []string{"environments.web.container.ports_on", "roof", "proxy, anchor or container"}},
 		{name: "bad driver", toml: "[environments.web]\ndriver = \"ftp\"\n", wantErr: []string{"environments.web.driver", "ftp"}},
 		{name: "a file's environment table overlays the built-in one key by key", toml: "[environments.prod]\n[environments.prod.kube]\nnamespace = \"shop\"\n",
 			check: func(t *testing.T, s Settings) {
@@ -93,7 +93,7 @@ func TestDecode(t *testing.T) {
 				web := s.Environments["web"]
 				assert.Equal(t, "web", web.Container.Name)
 				assert.Equal(t, 2, web.Container.Keep)
-				assert.Equal(t, PortsOnAnchor, web.Container.PortsOn)
+				assert.Equal(t, PortsOnProxy, web.Container.PortsOn)
 				assert.Equal(t, 10*time.Minute, web.LockTimeout.D())
 				assert.Equal(t, "deploy", s.Stages["deploy"])
 			}},
@@ -161,5 +161,40 @@ func TestAnnotateSaysWhereEachValueComesFrom(t *testing.T) {
 		`manual = true  # default`, `namespace = "shop"  # b.toml:3`, `deployment = "prod"  # default`,
 	} {
 		assert.Contains(t, got, want)
+	}
+}
+
+func TestProxySettings(t *testing.T) {
+	tests := []struct {
+		name    string
+		toml    string
+		wantErr []string
+	}{
+		{"the defaults", "", nil},
+		{"replicas behind the proxy", "[environments.web.container]\nreplicas = 3\nhosts = [\"app.example.com\", \"*.example.org\"]\ntls = \"internal\"\n", nil},
+		{"replicas without the proxy", "[environments.web.container]\nreplicas = 2\nports_on = \"anchor\"\n", []string{"environments.web.container.replicas", `ports_on = "proxy"`}},
+		{"hosts without the proxy", "[environments.web.container]\nhosts = [\"a.example\"]\nports_on = \"container\"\n", []string{"environments.web.container.hosts"}},
+		{"a bad host", "[environments.web.container]\nhosts = [\"http://a.example/\"]\n", []string{"is not a host name"}},
+		{"a bad tls", "[environments.web.container]\ntls = \"maybe\"\n", []string{"environments.web.container.tls", "acme, internal or off"}},
+		{"no replica", "[environments.web.container]\nreplicas = -1\n", []string{"must be 1 or more"}},
+		{"a bad proxy port", "[proxy]\nhttps_port = 70000\n", []string{"proxy.https_port"}},
+		{"no proxy image", "[proxy]\nimage = \"\"\n", []string{"proxy.image"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := Defaults()
+			err := Decode("berth.toml", []byte(tt.toml), &s)
+			if len(tt.wantErr) == 0 {
+				require.NoError(t, err)
+				assert.Equal(t, PortsOnProxy, s.Environments["web"].Container.PortsOn)
+				assert.True(t, s.Proxy.Manage)
+				assert.Equal(t, "berth-proxy", s.Proxy.Name)
+				return
+			}
+			require.Error(t, err)
+			for _, w := range tt.wantErr {
+				assert.Contains(t, err.Error(), w)
+			}
+		})
 	}
 }

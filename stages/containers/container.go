@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/berthci/berth/stages/containers/proxy"
 	"github.com/berthci/berth/stages/driver"
 	"github.com/berthci/berth/stages/target"
 
@@ -40,6 +41,8 @@ const LabelPrevious = "berth.previous"
 type ContainerEngine interface {
 	target.LockEngine
 	target.Puller
+	proxy.Engine
+	NetworkConnect(ctx context.Context, network, id string, cfg *network.EndpointSettings) error
 	ContainerStart(ctx context.Context, id string, opts container.StartOptions) error
 	ContainerStop(ctx context.Context, id string, opts container.StopOptions) error
 	ContainerRename(ctx context.Context, id, newName string) error
@@ -64,6 +67,10 @@ type Driver struct {
 	// image (anchor.go). Without it, or on a target that cannot run it, the
 	// container publishes its ports itself.
 	AnchorBinary string
+	// ProxySpec is the target's proxy ([proxy] in berth.toml); Router, when
+	// set, stands for it (tests).
+	ProxySpec settings.Proxy
+	Router    Router
 	// Pause is called before each step of a switch ("deploy:stop-old"): the
 	// test rig's fault injection. nil does nothing.
 	Pause   func(ctx context.Context, step string)

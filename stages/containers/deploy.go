@@ -20,6 +20,9 @@ import (
 // it got as far as starting) and every step is put back: the old one serves
 // again.
 func (d *Driver) Deploy(ctx context.Context, r driver.Release) error {
+	if d.proxied() {
+		return d.proxyDeploy(ctx, r)
+	}
 	p, err := d.planDeploy(ctx, r)
 	if err != nil {
 		return err

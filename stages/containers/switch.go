@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/berthci/berth/stages/driver"
@@ -42,6 +43,9 @@ func (d *Driver) steps(kind string) driver.Steps {
 // ledger: the newest one that did not fail, or the one whose tag or digest
 // is to. Cancelled or failed, the current version serves again.
 func (d *Driver) Rollback(ctx context.Context, to, by string) (driver.Record, error) {
+	if d.proxied() {
+		return d.proxyRollback(ctx, to, by)
+	}
 	led, err := d.ledger(ctx)
 	if err != nil {
 		return driver.Record{}, err
@@ -182,7 +186,13 @@ func (d *Driver) recoverSwitch(ctx context.Context, led *target.Ledger) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.undoTimeout())
 	defer cancel()
 	name := d.Spec.Name
-	joblog.Step(d.Out, "%s: a %s of job %d, begun %s, did not finish: putting it right first", d.Env, sw.Kind, sw.Job, sw.Since.Format(time.RFC3339))
+	joblog.Step(d.Out, "%s: a %s of job %d, begun %s, did not finish: putting it right first", d.Env, strings.TrimPrefix(sw.Kind, "proxy-"), sw.Job, sw.Since.Format(time.RFC3339))
+	if strings.HasPrefix(sw.Kind, "proxy-") {
+		if err := d.recoverProxy(ctx, led); err != nil {
+			return err
+		}
+		return d.removeLeftovers(ctx, led)
+	}
 	var to container.InspectResponse
 	var hasTo bool
 	if sw.To != "" {
@@ -257,7 +267,7 @@ func (d *Driver) removeLeftovers(ctx context.Context, led *target.Ledger) error 
 	if err != nil {
 		return failure.Systemf("list containers of %s: %w", d.Env, err)
 	}
-	tmp := regexp.MustCompile("^" + regexp.QuoteMeta(name) + "(-net)?-new-[0-9]+$")
+	tmp := regexp.MustCompile("^" + regexp.QuoteMeta(name) + "((-net)?-new-[0-9]+(-[0-9]+)?|-release-[0-9]+)$")
 	for _, c := range list {
 		if _, known := led.Find(c.ID); !known && tmp.MatchString(containerName(c)) {
 			if err := d.remove(ctx, c.ID); err != nil {

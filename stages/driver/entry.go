@@ -5,8 +5,10 @@ import "time"
 // Entry is one deployment as a driver records it: the release and what
 // became of it.
 type Entry struct {
-	// ID is the driver's handle: a container id for the container driver.
+	// ID is the driver's handle: a container id for the container driver
+	// (replica 1's behind the proxy, Replicas all of them).
 	ID       string    `json:"id,omitempty"`
+	Replicas []string  `json:"replicas,omitempty"`
 	Time     time.Time `json:"time"`
 	Image    string    `json:"image"`
 	Digest   string    `json:"digest,omitempty"`

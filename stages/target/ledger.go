@@ -74,6 +74,10 @@ type Switch struct {
 	// OldAnchor and NewAnchor are set when the anchor is made again.
 	OldAnchor string `json:"old_anchor,omitempty"`
 	NewAnchor string `json:"new_anchor,omitempty"`
+	// Behind the proxy: the replicas that served (FromIDs) and those made
+	// for the switch (ToIDs), replica 1 first.
+	FromIDs []string `json:"from_ids,omitempty"`
+	ToIDs   []string `json:"to_ids,omitempty"`
 }
 
 // Serving is the version that serves, if any.

@@ -18,6 +18,7 @@ import (
 	"regexp"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +35,8 @@ import (
 // Container is one container of the fake engine.
 type Container struct {
 	ID, Name string // Name without the leading slash
+	// Networks are the user networks it is on, with its aliases there.
+	Networks map[string][]string
 	Config   *container.Config
 	Host     *container.HostConfig
 	Running  bool
@@ -52,6 +55,7 @@ type Engine struct {
 	containers map[string]*Container // by id
 	images     map[string]bool
 	execs      map[string]string // exec id → container id
+	networks   map[string]string // name → id
 	next       int
 
 	// Fail, when set, is asked before every call with the method's name
@@ -70,7 +74,7 @@ type Engine struct {
 
 // New is an empty engine with no image, on linux/GOARCH.
 func New() *Engine {
-	return &Engine{containers: map[string]*Container{}, images: map[string]bool{}, execs: map[string]string{},
+	return &Engine{containers: map[string]*Container{}, images: map[string]bool{}, execs: map[string]string{}, networks: map[string]string{"bridge": "bridge", "host": "host", "none": "none"},
 		Version: types.Version{Os: "linux", Arch: runtime.GOARCH, APIVersion: "1.41"}}
 }
 
@@ -230,7 +234,7 @@ func (e *Engine) ServerVersion(context.Context) (types.Version, error) {
 
 // ContainerCreate makes a stopped container; a taken name is a conflict,
 // a missing image not found.
-func (e *Engine) ContainerCreate(_ context.Context, cfg *container.Config, host *container.HostConfig, _ *network.NetworkingConfig, _ *ocispec.Platform, name string) (container.CreateResponse, error) {
+func (e *Engine) ContainerCreate(_ context.Context, cfg *container.Config, host *container.HostConfig, netCfg *network.NetworkingConfig, _ *ocispec.Platform, name string) (container.CreateResponse, error) {
 	if err := e.fault("ContainerCreate", name); err != nil {
 		return container.CreateResponse{}, err
 	}
@@ -256,7 +260,17 @@ func (e *Engine) ContainerCreate(_ context.Context, cfg *container.Config, host 
 		cp.Labels[k] = v
 	}
 	hp := *host
-	e.containers[id] = &Container{ID: id, Name: name, Config: &cp, Host: &hp, Created: time.Now(),
+	nets := map[string][]string{}
+	if mode := hp.NetworkMode; mode != "" && !mode.IsContainer() && !mode.IsDefault() {
+		if _, ok := e.networks[string(mode)]; !ok {
+			return container.CreateResponse{}, errdefs.NotFound(fmt.Errorf("Error response from daemon: network %s not found", mode))
+		}
+		nets[string(mode)] = nil
+		if netCfg != nil && netCfg.EndpointsConfig[string(mode)] != nil {
+			nets[string(mode)] = netCfg.EndpointsConfig[string(mode)].Aliases
+		}
+	}
+	e.containers[id] = &Container{ID: id, Name: name, Config: &cp, Host: &hp, Created: time.Now(), Networks: nets,
 		Files: map[string][]byte{}, Mtimes: map[string]time.Time{}}
 	return container.CreateResponse{ID: id}, nil
 }
@@ -316,6 +330,14 @@ func (e *Engine) ContainerList(_ context.Context, opts container.ListOptions) ([
 		s := container.Summary{ID: c.ID, Names: []string{"/" + c.Name}, Image: c.Config.Image, Labels: c.Config.Labels,
 			Created: c.Created.Unix(), State: map[bool]string{true: "running", false: "exited"}[c.Running]}
 		s.HostConfig.NetworkMode = string(c.Host.NetworkMode)
+		if c.Running {
+			for port, bs := range c.Host.PortBindings {
+				for _, b := range bs {
+					pub, _ := strconv.Atoi(b.HostPort)
+					s.Ports = append(s.Ports, container.Port{IP: b.HostIP, PrivatePort: uint16(port.Int()), PublicPort: uint16(pub), Type: port.Proto()})
+				}
+			}
+		}
 		out = append(out, s)
 	}
 	sort.Slice(out, func(i, k int) bool { return out[i].ID > out[k].ID }) // newest first, as the engine does
@@ -559,4 +581,50 @@ func Tar(name, body string) *bytes.Buffer {
 	_, _ = tw.Write([]byte(body))
 	_ = tw.Close()
 	return &b
+}
+
+// NetworkInspect answers for networks made by NetworkCreate, and the
+// engine's own.
+func (e *Engine) NetworkInspect(_ context.Context, name string, _ network.InspectOptions) (network.Inspect, error) {
+	if err := e.fault("NetworkInspect", name); err != nil {
+		return network.Inspect{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	id, ok := e.networks[name]
+	if !ok {
+		return network.Inspect{}, errdefs.NotFound(fmt.Errorf("Error response from daemon: network %s not found", name))
+	}
+	return network.Inspect{Name: name, ID: id}, nil
+}
+
+// NetworkCreate makes a network; a taken name is a conflict.
+func (e *Engine) NetworkCreate(_ context.Context, name string, _ network.CreateOptions) (network.CreateResponse, error) {
+	if err := e.fault("NetworkCreate", name); err != nil {
+		return network.CreateResponse{}, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if _, ok := e.networks[name]; ok {
+		return network.CreateResponse{}, errdefs.Conflict(fmt.Errorf("Error response from daemon: network with name %s already exists", name))
+	}
+	e.next++
+	id := fmt.Sprintf("net%061x", e.next)
+	e.networks[name] = id
+	return network.CreateResponse{ID: id}, nil
+}
+
+// NetworkConnect puts a container on a network.
+func (e *Engine) NetworkConnect(_ context.Context, net, ref string, cfg *network.EndpointSettings) error {
+	return e.on("NetworkConnect", ref, func(c *Container) error {
+		if _, ok := e.networks[net]; !ok {
+			return errdefs.NotFound(fmt.Errorf("Error response from daemon: network %s not found", net))
+		}
+		var al []string
+		if cfg != nil {
+			al = cfg.Aliases
+		}
+		c.Networks[net] = al
+		return nil
+	})
 }

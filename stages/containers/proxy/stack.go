@@ -1,0 +1,311 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/api/types/network"
+	"github.com/docker/docker/errdefs"
+	"github.com/docker/docker/pkg/stdcopy"
+	"github.com/docker/go-connections/nat"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/berthci/berth/executor/engine"
+	"github.com/berthci/berth/executor/failure"
+	"github.com/berthci/berth/executor/joblog"
+	"github.com/berthci/berth/executor/settings"
+	"github.com/berthci/berth/stages/target"
+)
+
+// Roles of the proxy's containers (engine.LabelRole).
+const (
+	RoleProxy = "proxy"
+	RoleCtl   = "proxy-ctl"
+)
+
+// Engine is what the proxy stack needs of a target engine.
+type Engine interface {
+	target.Puller
+	ContainerCreate(ctx context.Context, cfg *container.Config, host *container.HostConfig, net *network.NetworkingConfig, platform *ocispec.Platform, name string) (container.CreateResponse, error)
+	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
+	ContainerStart(ctx context.Context, id string, opts container.StartOptions) error
+	ContainerStop(ctx context.Context, id string, opts container.StopOptions) error
+	ContainerRemove(ctx context.Context, id string, opts container.RemoveOptions) error
+	ContainerExecCreate(ctx context.Context, id string, opts container.ExecOptions) (container.ExecCreateResponse, error)
+	ContainerExecAttach(ctx context.Context, id string, opts container.ExecAttachOptions) (types.HijackedResponse, error)
+	ContainerExecInspect(ctx context.Context, id string) (container.ExecInspect, error)
+	NetworkInspect(ctx context.Context, id string, opts network.InspectOptions) (network.Inspect, error)
+	NetworkCreate(ctx context.Context, name string, opts network.CreateOptions) (network.CreateResponse, error)
+}
+
+// Stack is the proxy on one target: its network, Caddy's container and
+// NAME-ctl beside it.
+type Stack struct {
+	Engine Engine
+	Spec   settings.Proxy
+	// CtlImage is berth's own binary as an image (the container driver's
+	// anchor image): NAME-ctl runs it.
+	CtlImage string
+	Creds    *target.Credentials
+	Out      io.Writer
+}
+
+func (s *Stack) ctlName() string { return s.Spec.Name + "-ctl" }
+
+// Ensure makes the proxy serve site's ports and hosts: the network, Caddy
+// publishing them (made again, with every port it had, when one is new:
+// its sites are down for about a second then), and NAME-ctl.
+func (s *Stack) Ensure(ctx context.Context, site Site) error {
+	if err := s.Network(ctx); err != nil {
+		return err
+	}
+	proxyID, err := s.proxy(ctx, s.bindings(site))
+	if err != nil {
+		return err
+	}
+	if err := s.ctl(ctx, proxyID); err != nil {
+		return err
+	}
+	_, err = s.Run(ctx, nil, CtlReady, "15s")
+	return err
+}
+
+// Network makes the proxy's private network, where the apps' containers
+// are made.
+func (s *Stack) Network(ctx context.Context) error {
+	_, err := s.Engine.NetworkInspect(ctx, s.Spec.Network, network.InspectOptions{})
+	if err == nil {
+		return nil
+	}
+	if !errdefs.IsNotFound(err) {
+		return failure.Systemf("inspect the proxy's network %s: %w", s.Spec.Network, err)
+	}
+	_, err = s.Engine.NetworkCreate(ctx, s.Spec.Network, network.CreateOptions{Driver: "bridge",
+		Labels: map[string]string{engine.LabelRole: RoleProxy}})
+	if err != nil && !errdefs.IsConflict(err) {
+		return failure.Systemf("create the proxy's network %s: %w", s.Spec.Network, err)
+	}
+	return nil
+}
+
+// bindings are the host ports the proxy must publish for site.
+func (s *Stack) bindings(site Site) nat.PortMap {
+	m := nat.PortMap{}
+	for _, p := range site.Ports {
+		if p.HostPort != 0 {
+			m[nat.Port(strconv.Itoa(p.HostPort)+"/tcp")] = []nat.PortBinding{{HostIP: p.HostIP, HostPort: strconv.Itoa(p.HostPort)}}
+		}
+	}
+	if len(site.Hosts) > 0 {
+		m["80/tcp"] = []nat.PortBinding{{HostIP: s.Spec.HostIP, HostPort: strconv.Itoa(s.Spec.HTTPPort)}}
+		m["443/tcp"] = []nat.PortBinding{{HostIP: s.Spec.HostIP, HostPort: strconv.Itoa(s.Spec.HTTPSPort)}}
+	}
+	return m
+}
+
+// proxy makes Caddy's container publish want, and run; its id.
+func (s *Stack) proxy(ctx context.Context, want nat.PortMap) (string, error) {
+	name := s.Spec.Name
+	cur, err := s.Engine.ContainerInspect(ctx, name)
+	exists := err == nil
+	if err != nil && !errdefs.IsNotFound(err) {
+		return "", failure.Systemf("inspect the proxy %s: %w", name, err)
+	}
+	var missing []string
+	have := nat.PortMap{}
+	if exists && cur.HostConfig != nil {
+		have = cur.HostConfig.PortBindings
+	}
+	for p, b := range want {
+		if !samePublished(have[p], b) {
+			missing = append(missing, b[0].HostPort)
+		}
+	}
+	sort.Strings(missing)
+	if !s.Spec.Manage {
+		switch {
+		case !exists:
+			return "", failure.Systemf("the proxy %s does not exist: start your Caddy container as %s on network %s, or set [proxy] manage = true", name, name, s.Spec.Network)
+		case len(missing) > 0:
+			return "", failure.Systemf("the proxy %s does not publish port(s) %s, and berth does not manage it ([proxy] manage = false): publish them on it", name, strings.Join(missing, ", "))
+		case !cur.State.Running:
+			return "", failure.Systemf("the proxy %s does not run: start it", name)
+		}
+		return cur.ID, nil
+	}
+	if exists && len(missing) == 0 {
+		if !cur.State.Running {
+			if err := s.Engine.ContainerStart(ctx, cur.ID, container.StartOptions{}); err != nil {
+				return "", failure.Systemf("start the proxy %s: %w", name, err)
+			}
+		}
+		return cur.ID, nil
+	}
+	all := nat.PortMap{}
+	for p, b := range have {
+		all[p] = b
+	}
+	for p, b := range want {
+		all[p] = b
+	}
+	if err := target.PullOnTarget(ctx, s.Engine, s.Creds, s.Out, s.Spec.Image); err != nil {
+		return "", err
+	}
+	if exists {
+		joblog.Step(s.Out, "proxy %s: made again to publish %s too (its sites pause for about a second)", name, strings.Join(missing, ", "))
+		if err := s.Engine.ContainerRemove(ctx, cur.ID, container.RemoveOptions{Force: true}); err != nil {
+			return "", failure.Systemf("remove the proxy %s to publish new ports: %w", name, err)
+		}
+	} else {
+		joblog.Step(s.Out, "proxy %s: started from %s on network %s", name, s.Spec.Image, s.Spec.Network)
+	}
+	exposed := nat.PortSet{}
+	for p := range all {
+		exposed[p] = struct{}{}
+	}
+	made, err := s.Engine.ContainerCreate(ctx, &container.Config{Image: s.Spec.Image, Cmd: []string{"caddy", "run", "--resume"},
+		ExposedPorts: exposed, Labels: map[string]string{engine.LabelRole: RoleProxy}},
+		&container.HostConfig{NetworkMode: container.NetworkMode(s.Spec.Network), PortBindings: all,
+			RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped},
+			// its config (autosave.json) and certificates outlive the container
+			Mounts: []mount.Mount{{Type: mount.TypeVolume, Source: name + "-config", Target: "/config"},
+				{Type: mount.TypeVolume, Source: name + "-data", Target: "/data"}}},
+		nil, nil, name)
+	if err != nil {
+		return "", failure.Systemf("create the proxy %s from %s: %w (check [proxy] image)", name, s.Spec.Image, err)
+	}
+	if err := s.Engine.ContainerStart(ctx, made.ID, container.StartOptions{}); err != nil {
+		_ = s.Engine.ContainerRemove(context.WithoutCancel(ctx), made.ID, container.RemoveOptions{Force: true})
+		return "", failure.Buildf("start the proxy %s, which publishes %s: %v: is a port taken by something else?", name, portList(all), err)
+	}
+	return made.ID, nil
+}
+
+func samePublished(have, want []nat.PortBinding) bool {
+	if len(have) == 0 || len(want) == 0 {
+		return false
+	}
+	return have[0].HostPort == want[0].HostPort && have[0].HostIP == want[0].HostIP
+}
+
+func portList(m nat.PortMap) string {
+	var out []string
+	for _, b := range m {
+		for _, x := range b {
+			out = append(out, strings.TrimPrefix(x.HostIP+":", ":")+x.HostPort)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, ", ")
+}
+
+// ctl makes NAME-ctl run in the proxy's network namespace.
+func (s *Stack) ctl(ctx context.Context, proxyID string) error {
+	name := s.ctlName()
+	mode := container.NetworkMode("container:" + proxyID)
+	cur, err := s.Engine.ContainerInspect(ctx, name)
+	switch {
+	case err == nil && cur.HostConfig.NetworkMode == mode && cur.Config.Image == s.CtlImage:
+		if cur.State.Running {
+			return nil
+		}
+		if err := s.Engine.ContainerStart(ctx, cur.ID, container.StartOptions{}); err != nil {
+			return failure.Systemf("start %s: %w", name, err)
+		}
+		return nil
+	case err == nil: // of an earlier proxy or berth
+		if err := s.Engine.ContainerRemove(ctx, cur.ID, container.RemoveOptions{Force: true}); err != nil {
+			return failure.Systemf("remove the old %s: %w", name, err)
+		}
+	case !errdefs.IsNotFound(err):
+		return failure.Systemf("inspect %s: %w", name, err)
+	}
+	made, err := s.Engine.ContainerCreate(ctx, &container.Config{Image: s.CtlImage, Labels: map[string]string{engine.LabelRole: RoleCtl}},
+		&container.HostConfig{NetworkMode: mode, RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped}},
+		nil, nil, name)
+	if err != nil {
+		return failure.Systemf("create %s: %w", name, err)
+	}
+	if err := s.Engine.ContainerStart(ctx, made.ID, container.StartOptions{}); err != nil {
+		return failure.Systemf("start %s: %w", name, err)
+	}
+	return nil
+}
+
+// Apply puts site into the proxy's config: one change, which Caddy makes
+// without dropping a connection.
+func (s *Stack) Apply(ctx context.Context, site Site) error {
+	b, err := json.Marshal(site)
+	if err != nil {
+		return err
+	}
+	_, err = s.Run(ctx, b, CtlApply)
+	return err
+}
+
+// Remove takes env's site out of the proxy.
+func (s *Stack) Remove(ctx context.Context, env string) error {
+	_, err := s.Run(ctx, nil, CtlRemove, env)
+	return err
+}
+
+// Drained waits, up to timeout, until no request is in flight to addrs.
+func (s *Stack) Drained(ctx context.Context, addrs []string, timeout time.Duration) error {
+	if len(addrs) == 0 {
+		return nil
+	}
+	_, err := s.Run(ctx, nil, append([]string{CtlDrained, timeout.String()}, addrs...)...)
+	return err
+}
+
+// Probe waits, up to timeout, until url answers from the proxy's side.
+func (s *Stack) Probe(ctx context.Context, url string, any bool, timeout time.Duration) error {
+	args := []string{CtlProbe, timeout.String(), url}
+	if any {
+		args = append(args, "any")
+	}
+	_, err := s.Run(ctx, nil, args...)
+	return err
+}
+
+// Run runs `berth proxy ARGS` in NAME-ctl with stdin; its output, or an
+// error with what it printed.
+func (s *Stack) Run(ctx context.Context, stdin []byte, args ...string) (string, error) {
+	name := s.ctlName()
+	ex, err := s.Engine.ContainerExecCreate(ctx, name, container.ExecOptions{Cmd: append([]string{"/berth", "proxy"}, args...),
+		AttachStdin: stdin != nil, AttachStdout: true, AttachStderr: true})
+	if err != nil {
+		return "", failure.Systemf("run berth proxy %s in %s: %w", args[0], name, err)
+	}
+	hj, err := s.Engine.ContainerExecAttach(ctx, ex.ID, container.ExecAttachOptions{})
+	if err != nil {
+		return "", failure.Systemf("run berth proxy %s in %s: %w", args[0], name, err)
+	}
+	defer hj.Close()
+	if stdin != nil {
+		_, _ = hj.Conn.Write(stdin)
+		_ = hj.CloseWrite()
+	}
+	var stdout, stderr bytes.Buffer
+	if _, err := stdcopy.StdCopy(&stdout, &stderr, hj.Reader); err != nil {
+		return "", failure.Systemf("berth proxy %s in %s: %w", args[0], name, err)
+	}
+	ins, err := s.Engine.ContainerExecInspect(ctx, ex.ID)
+	if err != nil {
+		return "", failure.Systemf("berth proxy %s in %s: %w", args[0], name, err)
+	}
+	if ins.ExitCode != 0 {
+		return stdout.String(), fmt.Errorf("%s", strings.TrimSpace(strings.TrimPrefix(stderr.String(), "berth: ")))
+	}
+	return stdout.String(), nil
+}

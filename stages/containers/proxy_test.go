@@ -1,0 +1,298 @@
+package containers
+
+// The container driver behind the proxy, against the rig's engine,
+// registry and caddy:local (.ci/rig.sh up): traffic runs through Caddy
+// during every switch, and not one request may fail.
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/client"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/berthci/berth/executor/failure"
+	"github.com/berthci/berth/executor/settings"
+	"github.com/berthci/berth/stages/driver"
+	"github.com/berthci/berth/stages/target"
+)
+
+// proxySpec is a proxy of the test's own, on ports of its own.
+func proxySpec(t *testing.T, c *client.Client, httpPort, httpsPort int) settings.Proxy {
+	name := unique("berth-test-proxy-")
+	spec := settings.Proxy{Image: "caddy:local", Name: name, Network: name, HTTPPort: httpPort, HTTPSPort: httpsPort, HostIP: "127.0.0.1", Manage: true}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		for _, n := range []string{name + "-ctl", name} {
+			_ = c.ContainerRemove(ctx, n, container.RemoveOptions{Force: true})
+		}
+		_ = c.NetworkRemove(ctx, name)
+		for _, v := range []string{name + "-config", name + "-data"} {
+			_ = c.VolumeRemove(ctx, v, true)
+		}
+	})
+	return spec
+}
+
+// proxiedDriver is an environment on port behind px.
+func proxiedDriver(t *testing.T, c *client.Client, px settings.Proxy, port int) (*Driver, *bytes.Buffer) {
+	name := unique("berth-test-px-")
+	var out bytes.Buffer
+	spec := settings.ContainerSpec{Name: name, Ports: []string{fmt.Sprintf("127.0.0.1:%d:5000", port)}, PortsOn: settings.PortsOnProxy,
+		HealthURL: "http://localhost/health", HealthTimeout: settings.Duration(10 * time.Second), StopTimeout: settings.Duration(2 * time.Second),
+		Keep: 2, Replicas: 1, TLS: settings.TLSACME, DrainTimeout: settings.Duration(30 * time.Second)}
+	d := &Driver{Env: name, Spec: spec, Engine: c, Creds: &target.Credentials{}, Out: &out, AnchorBinary: berthBinary(t), ProxySpec: px}
+	t.Cleanup(func() { removeEnv(c, d) })
+	return d, &out
+}
+
+// load sends requests to url from n clients until stopped, counting what
+// failed; each client opens a new connection now and then, as browsers do.
+type load struct {
+	ok, failed atomic.Int64
+	stop       chan struct{}
+	wg         sync.WaitGroup
+	mu         sync.Mutex
+	errs       []string
+	seen       sync.Map // bodies
+}
+
+func startLoad(url string, n int) *load {
+	l := &load{stop: make(chan struct{})}
+	for i := 0; i < n; i++ {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+			for k := 0; ; k++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				resp, err := c.Get(url)
+				if err == nil {
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode == http.StatusOK {
+						l.ok.Add(1)
+						l.seen.Store(strings.TrimSpace(string(b)), true)
+						continue
+					}
+					err = fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+				}
+				l.failed.Add(1)
+				l.mu.Lock()
+				if len(l.errs) < 5 {
+					l.errs = append(l.errs, err.Error())
+				}
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) end() {
+	close(l.stop)
+	l.wg.Wait()
+}
+
+func (l *load) saw(body string) bool {
+	_, ok := l.seen.Load(body)
+	return ok
+}
+
+func TestProxyDeploysUnderTrafficLoseNoRequest(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("px")
+	px := proxySpec(t, c, 18080, 18443)
+	d, out := proxiedDriver(t, c, px, 16020)
+	url := "http://127.0.0.1:16020/"
+
+	v1 := appImage(t, c, repo, "latest", "v1", true)
+	require.NoError(t, d.Deploy(ctx, v1), out.String())
+	assert.Equal(t, "app v1", get(t, url))
+
+	l := startLoad(url, 10)
+	time.Sleep(300 * time.Millisecond)
+	v2 := appImage(t, c, repo, "latest", "v2", true)
+	require.NoError(t, d.Deploy(ctx, v2), out.String())
+	time.Sleep(300 * time.Millisecond)
+	l.end()
+	assert.Zero(t, l.failed.Load(), "failed requests during the switch: %v", l.errs)
+	assert.Greater(t, l.ok.Load(), int64(100))
+	assert.True(t, l.saw("app v1") && l.saw("app v2"), "traffic before and after the switch")
+	assert.Equal(t, "app v2", get(t, url))
+
+	web, err := c.ContainerInspect(ctx, d.Spec.Name)
+	require.NoError(t, err)
+	assert.Equal(t, v2.Image, web.Config.Image)
+	assert.Empty(t, web.HostConfig.PortBindings, "the proxy publishes, not the app")
+	assert.Contains(t, web.NetworkSettings.Networks, px.Network)
+
+	// a broken release under traffic: never gets a request; the job fails
+	// with its logs
+	l = startLoad(url, 10)
+	bad := appImage(t, c, repo, "latest", "bad", false)
+	err = d.Deploy(ctx, bad)
+	l.end()
+	require.Error(t, err)
+	assert.Equal(t, failure.BuildFailure, failure.ClassOf(err))
+	assert.Contains(t, err.Error(), "did not become healthy")
+	assert.Contains(t, err.Error(), "it never got a request")
+	assert.Contains(t, err.Error(), "app bad listening on :5000", "its logs")
+	assert.Zero(t, l.failed.Load(), "failed requests while the broken release started: %v", l.errs)
+	assert.False(t, l.saw("app bad"))
+	assert.Equal(t, "app v2", get(t, url))
+
+	// rollback is the same switch in reverse
+	l = startLoad(url, 10)
+	rec, err := d.Rollback(ctx, "", "tester")
+	l.end()
+	require.NoError(t, err, out.String())
+	assert.Equal(t, v1.Digest, rec.Digest)
+	assert.Zero(t, l.failed.Load(), "failed requests during the rollback: %v", l.errs)
+	assert.Equal(t, "app v1", get(t, url))
+	hist, err := d.History(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, driver.ResultServing, hist[0].Result)
+}
+
+func TestProxyWaitsForASlowRequest(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("px")
+	px := proxySpec(t, c, 18081, 18444)
+	d, out := proxiedDriver(t, c, px, 16021)
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "v1", true)), out.String())
+
+	slow := make(chan string, 1)
+	go func() {
+		resp, err := http.Get("http://127.0.0.1:16021/slow?ms=3000")
+		if err != nil {
+			slow <- err.Error()
+			return
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		slow <- resp.Status + " " + strings.TrimSpace(string(b))
+	}()
+	time.Sleep(300 * time.Millisecond)
+	t0 := time.Now()
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "v2", true)), out.String())
+	assert.Equal(t, "200 OK app v1", <-slow, "the request begun before the switch ends on the old version")
+	assert.GreaterOrEqual(t, time.Since(t0), 2*time.Second, "the old version stopped only after it")
+	assert.Equal(t, "app v2", get(t, "http://127.0.0.1:16021/"))
+}
+
+func TestProxyReplicasOneAtATime(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("px")
+	px := proxySpec(t, c, 18082, 18445)
+	d, out := proxiedDriver(t, c, px, 16022)
+	d.Spec.Replicas = 3
+	url := "http://127.0.0.1:16022/"
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "v1", true)), out.String())
+	for i := 1; i <= 3; i++ {
+		r, err := c.ContainerInspect(ctx, replicaName(d.Spec.Name, i))
+		require.NoError(t, err, "replica %d", i)
+		assert.True(t, r.State.Running)
+	}
+	out.Reset()
+	l := startLoad(url, 10)
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "v2", true)), out.String())
+	l.end()
+	assert.Zero(t, l.failed.Load(), "%v", l.errs)
+	log := out.String()
+	for i := 1; i <= 3; i++ {
+		assert.Contains(t, log, fmt.Sprintf("takes traffic (%d of 3)", i))
+	}
+	// one at a time: each new replica healthy before the next one starts
+	assert.Less(t, strings.Index(log, "(1 of 3)"), strings.Index(log, "new "+replicaName(d.Spec.Name, 2)+" is healthy"))
+	assert.Less(t, strings.Index(log, "(2 of 3)"), strings.Index(log, "new "+replicaName(d.Spec.Name, 3)+" is healthy"))
+	list, err := c.ContainerList(ctx, container.ListOptions{Filters: filters.NewArgs(filters.Arg("name", "^/"+d.Spec.Name))})
+	require.NoError(t, err)
+	assert.Len(t, list, 3, "three replicas run, the old ones are stopped")
+}
+
+func TestProxyServesTwoEnvironmentsByHostname(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("px")
+	px := proxySpec(t, c, 18083, 18446)
+	a, outA := proxiedDriver(t, c, px, 0)
+	b, outB := proxiedDriver(t, c, px, 0)
+	for _, d := range []*Driver{a, b} {
+		d.Spec.Ports = []string{"5000"} // the app's port, published by nothing but the hosts
+		d.Spec.TLS = settings.TLSInternal
+	}
+	a.Spec.Hosts, b.Spec.Hosts = []string{"a.berth.test"}, []string{"b.berth.test"}
+	require.NoError(t, a.Deploy(ctx, appImage(t, c, repo, "a", "A", true)), outA.String())
+	require.NoError(t, b.Deploy(ctx, appImage(t, c, repo, "b", "B", true)), outB.String())
+
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}} // Caddy's internal CA
+	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	getHost := func(scheme, host, path string, port int) (int, string, http.Header) {
+		req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("%s://127.0.0.1:%d%s", scheme, port, path), nil)
+		require.NoError(t, err)
+		req.Host = host
+		tr.TLSClientConfig.ServerName = host
+		resp, err := hc.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(body)), resp.Header
+	}
+	code, body, _ := getHost("https", "a.berth.test", "/", 18446)
+	assert.Equal(t, 200, code)
+	assert.Equal(t, "app A", body)
+	code, body, _ = getHost("https", "b.berth.test", "/", 18446)
+	assert.Equal(t, 200, code)
+	assert.Equal(t, "app B", body)
+	_, body, _ = getHost("https", "a.berth.test", "/client", 18446)
+	assert.Contains(t, body, "proto=https", "the app sees the client's scheme")
+	assert.Regexp(t, `for=\S+`, body, "and its address")
+	code, _, h := getHost("http", "a.berth.test", "/", 18083)
+	assert.Equal(t, http.StatusPermanentRedirect, code, "HTTP goes to HTTPS")
+	assert.True(t, strings.HasPrefix(h.Get("Location"), "https://a.berth.test"), h.Get("Location"))
+}
+
+func TestProxyReleaseCommand(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("px")
+	px := proxySpec(t, c, 18084, 18447)
+	d, out := proxiedDriver(t, c, px, 16024)
+	d.Spec.ReleaseCommand = []string{"/app", "migrate"}
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "v1", true)), out.String())
+	assert.Contains(t, out.String(), "release command /app migrate")
+	assert.Contains(t, out.String(), "release command done in")
+
+	// a release command that fails stops the deploy with its output, the
+	// old version serving
+	d.Spec.Env = []string{"APP_MIGRATE=fail"}
+	err := d.Deploy(ctx, appImage(t, c, repo, "latest", "v2", true))
+	require.Error(t, err)
+	assert.Equal(t, failure.BuildFailure, failure.ClassOf(err))
+	assert.Contains(t, err.Error(), "the release command /app migrate exited with code 1")
+	assert.Contains(t, err.Error(), "migration 0002_add_orders failed")
+	assert.Equal(t, "app v1", get(t, "http://127.0.0.1:16024/"))
+	left, err := c.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", d.Spec.Name+"-release-"))})
+	require.NoError(t, err)
+	assert.Empty(t, left, "no one-off container is left")
+}
