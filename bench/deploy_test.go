@@ -313,7 +313,15 @@ driver = "container"
 name = "bench-web"
 ports = ["127.0.0.1:%s:5000"]
 health_url = "%shealth"
+[proxy]
+image = "caddy:local"
+name = "bench-proxy"
+network = "bench-proxy"
 `, filepath.Join(e.dir, "builds"), filepath.Join(e.dir, "cache"), benchRepo, benchPort, benchURL)), 0o644))
+	// berth with the anchor, as before the proxy became the default
+	data, err := os.ReadFile(toml)
+	must(b, err)
+	must(b, os.WriteFile(toml+".anchor", []byte(strings.Replace(string(data), "[proxy]", "ports_on = \"anchor\"\n[proxy]", 1)), 0o644))
 	script := []string{
 		"$D build -t " + benchRepo + "-sh .",
 		"$D push " + benchRepo + "-sh",
@@ -327,12 +335,12 @@ health_url = "%shealth"
 		jobs []string
 	}{
 		{"berth", []string{e.drivers[0].exe, "--config", toml}, nil, nil},
+		{"anchor", []string{e.drivers[0].exe, "--config", toml + ".anchor"}, nil, nil},
 		{"bash", []string{e.drivers[1].exe}, []string{"BASHDRIVER_ON_HOST=1"}, script},
 	}
 	if len(e.drivers) > 2 { // berth before the helper container, on a container of its own
-		data, err := os.ReadFile(toml)
-		must(b, err)
 		old := strings.NewReplacer("helper_image = \"berth-helper:local\"\n", "", `name = "bench-web"`, `name = "bench-web-before"`).Replace(string(data))
+		old = old[:strings.Index(old, "[proxy]")] // it knows no proxy: the anchor was its default
 		must(b, os.WriteFile(toml+".before", []byte(old), 0o644))
 		sides = append(sides, struct {
 			name string
@@ -343,7 +351,7 @@ health_url = "%shealth"
 	}
 	for _, side := range sides {
 		b.Run(side.name, func(b *testing.B) {
-			defer clearPort(b, "bench-web")
+			defer clearPort(b, "bench-web", "bench-proxy")
 			timed(b, func(int) { commit(fmt.Sprintf("%s-%d", side.name, newID())) }, func(int) {
 				args := []string{"--repo", repo, "--ref", "master", "--stage", "deploy", "--image", "busybox:local", "--id", fmt.Sprint(newID()),
 					"--var", "D=" + docker, "--var", "DOCKER_BUILDKIT=1"}

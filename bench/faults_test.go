@@ -41,7 +41,7 @@ func newFaultEnv(b *testing.B, envTOML string) *faultEnv {
 	must(b, os.MkdirAll(f.repo, 0o755))
 	f.git(b, "init", "-q", "-b", "master")
 	f.toml = filepath.Join(e.dir, "fault.toml")
-	must(b, os.WriteFile(f.toml, []byte(fmt.Sprintf("builds_dir = %q\ncache_dir = %q\n[job]\ndefault_image = \"busybox:local\"\nhelper_image = \"berth-helper:local\"\n[registry]\nimage = \"127.0.0.1:5000/berth-bench/{project}\"\nretries = 1\n%s",
+	must(b, os.WriteFile(f.toml, []byte(fmt.Sprintf("builds_dir = %q\ncache_dir = %q\n[job]\ndefault_image = \"busybox:local\"\nhelper_image = \"berth-helper:local\"\n[registry]\nimage = \"127.0.0.1:5000/berth-bench/{project}\"\nretries = 1\n[proxy]\nimage = \"caddy:local\"\nname = \"bench-proxy\"\nnetwork = \"bench-proxy\"\n%s",
 		filepath.Join(e.dir, "builds"), filepath.Join(e.dir, "cache"), envTOML)), 0o644))
 	return f
 }
@@ -135,22 +135,37 @@ stop_timeout = "2s"
 restart = "unless-stopped"
 `
 
+// the container environment with its ports on an anchor, or behind the proxy
+const (
+	faultAnchorEnv = faultContainerEnv + "ports_on = \"anchor\"\n"
+	faultProxyEnv  = faultContainerEnv + "ports_on = \"proxy\"\n"
+)
+
+// containerFault deploys the container environment, then strikes it with
+// fault once per iteration.
+func containerFault(b *testing.B, envTOML, url string, fault func(b *testing.B, f *faultEnv) time.Time) {
+	f := newFaultEnv(b, envTOML)
+	defer clearPort(b, "bench-fault", "berth-lock-bench-fault", "berth-ledger-bench-fault", "bench-proxy")
+	f.version(b, "v0")
+	f.deploy(b, "master")
+	for i := 0; i < b.N; i++ {
+		f.version(b, fmt.Sprintf("v%d", i+1))
+		since := fault(b, f)
+		servesAgain(b, url, since)
+	}
+}
+
 // BenchmarkFault: each fault once per iteration; the table reports the
 // seconds until the environment serves again.
 func BenchmarkFault(b *testing.B) {
 	url := "http://127.0.0.1:" + faultPort + "/"
 	rig := filepath.Join(here(), "..", ".ci", "rig.sh")
-	container := func(b *testing.B, fault func(b *testing.B, f *faultEnv) time.Time) {
-		f := newFaultEnv(b, faultContainerEnv)
-		defer clearPort(b, "bench-fault", "berth-lock-bench-fault", "berth-ledger-bench-fault")
-		f.version(b, "v0")
-		f.deploy(b, "master")
-		for i := 0; i < b.N; i++ {
-			f.version(b, fmt.Sprintf("v%d", i+1))
-			since := fault(b, f)
-			servesAgain(b, url, since)
+	containerIn := func(envTOML string) func(b *testing.B, fault func(b *testing.B, f *faultEnv) time.Time) {
+		return func(b *testing.B, fault func(b *testing.B, f *faultEnv) time.Time) {
+			containerFault(b, envTOML, url, fault)
 		}
 	}
+	container, proxied := containerIn(faultAnchorEnv), containerIn(faultProxyEnv)
 	signalAt := func(step string, sig syscall.Signal) func(b *testing.B, f *faultEnv) time.Time {
 		return func(b *testing.B, f *faultEnv) time.Time {
 			c, file := f.start(b, "master", step)
@@ -172,17 +187,21 @@ func BenchmarkFault(b *testing.B) {
 			return t
 		})
 	})
-	b.Run("engine-restart-mid-switch/container", func(b *testing.B) {
-		container(b, func(b *testing.B, f *faultEnv) time.Time {
-			c, file := f.start(b, "master", "deploy:start-new")
+	restartAt := func(step string) func(b *testing.B, f *faultEnv) time.Time {
+		return func(b *testing.B, f *faultEnv) time.Time {
+			c, file := f.start(b, "master", step)
 			pausedPID(b, file)
 			t := time.Now()
 			sh(b, rig+" engine-restart 2>/dev/null")
 			must(b, os.Remove(file))
 			_ = c.Wait()
 			return t
-		})
-	})
+		}
+	}
+	b.Run("engine-restart-mid-switch/container", func(b *testing.B) { container(b, restartAt("deploy:start-new")) })
+	b.Run("sigterm-mid-switch/container-proxy", func(b *testing.B) { proxied(b, signalAt("deploy:stop-old-1", syscall.SIGTERM)) })
+	b.Run("sigkill-mid-switch/container-proxy", func(b *testing.B) { proxied(b, signalAt("deploy:stop-old-1", syscall.SIGKILL)) })
+	b.Run("engine-restart-mid-switch/container-proxy", func(b *testing.B) { proxied(b, restartAt("deploy:route-1")) })
 	b.Run("sigkill-during-up/compose", func(b *testing.B) {
 		helper := filepath.Join(filepath.Dir(os.Getenv("BERTH_BIN")), "berth-compose")
 		if _, err := os.Stat(helper); err != nil {

@@ -2,7 +2,9 @@
 # make demo: the whole gitflow of examples/app on this machine, with
 # `berth exec` playing GitLab: develop → integration (compose),
 # release-1.0.0 → alpha (Kubernetes), v1.0.0 promoted then deployed to prod
-# by hand, master → the web container on 127.0.0.1:6000, and a rollback.
+# by hand, master → the web container on 127.0.0.1:6000 behind berth's
+# Caddy proxy (redeployed under a prober: not one request may fail), and a
+# rollback.
 #
 # It installs and starts what it needs (engine, registry). alpha and prod
 # run on the test Kubernetes control plane, which takes about ten minutes to
@@ -21,6 +23,10 @@ if [ "${1:-}" = down ]; then
 	for name in web web-net demo-alpha demo-alpha-net; do docker rm -f "$name" >/dev/null 2>&1 || true; done
 	docker ps -aq --filter label=com.docker.compose.project=demo-integration | xargs -r docker rm -f >/dev/null
 	docker network rm demo-integration_default >/dev/null 2>&1 || true
+	# the proxy in front of web and alpha, its helper, network and volumes
+	docker rm -f berth-proxy-ctl berth-proxy >/dev/null 2>&1 || true
+	docker network rm berth-proxy >/dev/null 2>&1 || true
+	docker volume rm berth-proxy-config berth-proxy-data >/dev/null 2>&1 || true
 	echo "demo: environments removed"
 	exit 0
 fi
@@ -82,6 +88,8 @@ default_image = "busybox:local"
 helper_image = "berth-helper:local"
 [registry]
 image = "$registry"
+[proxy]
+image = "caddy:local" # the rig's, from Debian's caddy; caddy:2 elsewhere
 
 [environments.integration]
 driver = "compose"
@@ -146,7 +154,21 @@ fi
 pipeline "master -> web on 127.0.0.1:6000" --ref master
 git -C "$repo" checkout -q master
 commit 1.0.1 "a change on master"
+# a prober on web while it is replaced: every request must be answered
+probe_flag=$work/probing
+touch "$probe_flag"
+(ok=0 failed=0
+	while [ -e "$probe_flag" ]; do
+		if curl -fsS -m 2 -o /dev/null http://127.0.0.1:6000/; then ok=$((ok + 1)); else failed=$((failed + 1)); fi
+	done
+	echo "$ok $failed" >"$work/probe") &
+prober=$!
 pipeline "master again: web replaced" --ref master
+rm -f "$probe_flag"
+wait "$prober"
+read -r probed probe_failed <"$work/probe"
+printf '    prober on 127.0.0.1:6000 during the redeploy: %s requests, %s failed\n' "$((probed + probe_failed))" "$probe_failed"
+summary+=("$(printf '%-44s %s' "  requests during it, failed" "$((probed + probe_failed)), $probe_failed")")
 pipeline "rollback of web, by hand" --ref master --manual rollback
 
 step "what runs where"
@@ -162,6 +184,7 @@ printf '    curl 127.0.0.1:6010 (integration) → %s\n' "$integration"
 show_summary
 [ "$web" = "app 1.0.0" ] || fail "web should serve 1.0.0 again after the rollback, not: $web"
 [ "$integration" = "app 1.0.0-dev" ] || fail "integration should serve 1.0.0-dev, not: $integration"
+[ "$probe_failed" = 0 ] || fail "$probe_failed request(s) to web failed while it was replaced"
 left=$(docker ps -aq --filter label=berth.job | wc -l)
 [ "$left" = 0 ] || fail "$left job container(s) left behind"
 echo

@@ -107,8 +107,8 @@ func run(in io.Reader, out io.Writer, title string) error {
 	fmt.Fprintln(out, "|---|---|---:|---:|---:|---|---|")
 	failed := 0
 	for _, row := range order {
-		if strings.HasPrefix(row, "Fault/") {
-			continue // a table of their own
+		if strings.HasPrefix(row, "Fault/") || strings.HasPrefix(row, "Proxy") {
+			continue // tables of their own
 		}
 		berth, bash := median(samples[row]["berth"]), median(samples[row]["bash"])
 		ratio := "-"
@@ -133,6 +133,7 @@ func run(in io.Reader, out io.Writer, title string) error {
 		fmt.Fprintf(out, "| %s | %s | %.1f | %s | %s | %s | %s |\n", measure, unit, berth, script, ratio, g.text, met)
 	}
 	failed += helperCost(out, samples, order)
+	failed += proxyTable(out, samples, order)
 	failed += faultTable(out, samples, order)
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "What each measure is:")
@@ -151,6 +152,13 @@ func run(in io.Reader, out io.Writer, title string) error {
 	fmt.Fprintln(out, "  `same-digest` is 1 when the tag's digest is the tested image's.")
 	fmt.Fprintln(out, "- `Rollback`: (d) back to the previous version until it answers: berth restarts the kept container;")
 	fmt.Fprintln(out, "  the script way runs the previous image again with `rm -f` + `run`.")
+	fmt.Fprintln(out, "- `ProxyOutage`: one deploy under 10 keep-alive clients until 10,000 requests at least: failed requests")
+	fmt.Fprintln(out, "  and the longest wait of a client between two answers; berth behind its Caddy proxy, berth in the anchor,")
+	fmt.Fprintln(out, "  and `rm -f` + `run`.")
+	fmt.Fprintln(out, "- `ProxyBroken`: a release that never answers, deployed under the same load: requests that failed until")
+	fmt.Fprintln(out, "  the old version served again (health_timeout 3 s); the script way, over the same 3 s, stays down after.")
+	fmt.Fprintln(out, "- `ProxyCost`: 10 keep-alive clients for 3 s through the proxy and straight to the app's published port.")
+	fmt.Fprintln(out, "- `DeployJob` anchor: the same deploy job with `ports_on = \"anchor\"`, the default before the proxy.")
 	fmt.Fprintln(out, "- `KubeFailedRollout`: a rollout that can never succeed (no room on the node for the new pod) on the")
 	fmt.Fprintln(out, "  test control plane: `detect-ms` until it is known to fail, `rollback-ms` until the previous version")
 	fmt.Fprintln(out, "  is available again. berth's kube driver against `kubectl set image` + `rollout status --timeout="+"30s"+"`,")
@@ -208,6 +216,68 @@ func sortedSides(m map[string][]float64) []string {
 	return out
 }
 
+// proxyGoals are the proxy's goals (issue 13): on the proxy side, alone or
+// against the side named in against.
+var proxyGoals = map[string]struct {
+	text    string
+	against string
+	ok      func(proxy, other float64) bool
+}{
+	"ProxyOutage failed":         {"0 failed", "", func(p, _ float64) bool { return p == 0 }},
+	"ProxyOutage longest-gap-ms": {"≤ 50 ms", "", func(p, _ float64) bool { return p <= 50 }},
+	"ProxyBroken failed":         {"0 failed", "", func(p, _ float64) bool { return p == 0 }},
+	"ProxyCost req-per-s":        {"≥ 0.7 × direct", "direct", func(p, d float64) bool { return p >= 0.7*d }},
+	"ProxyCost p99-ms":           {"≤ direct + 2 ms", "direct", func(p, d float64) bool { return p <= d+2 }},
+}
+
+// proxyTable is the table of the proxy against the anchor, the script way
+// and the app's port straight, and the deploy job behind it against the
+// anchor's.
+func proxyTable(out io.Writer, samples map[string]map[string][]float64, order []string) int {
+	var rows []string
+	for _, row := range order {
+		if strings.HasPrefix(row, "Proxy") {
+			rows = append(rows, row)
+		}
+	}
+	if len(rows) == 0 {
+		return 0
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "### The proxy")
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "berth behind its Caddy proxy (`ports_on = \"proxy\"`, the default) against berth in the anchor, the")
+	fmt.Fprintln(out, "script way (`rm -f` + `run`) and, for the proxy's cost, the app's own published port; same run, same engine.")
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "| measure | metric | proxy | anchor | script way | direct | goal | met |")
+	fmt.Fprintln(out, "|---|---|---:|---:|---:|---:|---|---|")
+	cell := func(row, side string) string {
+		if len(samples[row][side]) == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f", median(samples[row][side]))
+	}
+	failed := 0
+	for _, row := range rows {
+		measure, unit, _ := strings.Cut(row, " ")
+		g, ok := proxyGoals[row]
+		met := ""
+		if ok {
+			met = "yes"
+			if !g.ok(median(samples[row]["proxy"]), median(samples[row][g.against])) {
+				met = "**no**"
+				failed++
+			}
+		}
+		fmt.Fprintf(out, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", measure, unit, cell(row, "proxy"), cell(row, "anchor"), cell(row, "bash"), cell(row, "direct"), g.text, met)
+	}
+	if dj := samples["DeployJob median-ms"]; len(dj["anchor"]) > 0 {
+		p, a := median(dj["berth"]), median(dj["anchor"])
+		fmt.Fprintf(out, "| DeployJob | median-ms | %.1f | %.1f | %s | - | the proxy's checks only (%+.0f ms) | |\n", p, a, cell("DeployJob median-ms", "bash"), p-a)
+	}
+	return failed
+}
+
 // costGoals bound what the helper container adds to a job, in ms.
 var costGoals = map[string]float64{"TrivialJob median-ms": 300, "DeployJob median-ms": 300}
 
@@ -227,13 +297,17 @@ func helperCost(out io.Writer, samples map[string]map[string][]float64, order []
 	fmt.Fprintln(out, "### What the helper container costs")
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "berth against berth before the helper container (commit `BERTH_BEFORE_REF` of bench/run.sh, whose")
-	fmt.Fprintln(out, "sources, cache and artifact stages ran with the runner host's bash), same run, same engine.")
+	fmt.Fprintln(out, "sources, cache and artifact stages ran with the runner host's bash), same run, same engine; the deploy")
+	fmt.Fprintln(out, "job compared with its anchor, as berth before deployed.")
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "| measure | metric | berth | berth before | cost | goal | met |")
 	fmt.Fprintln(out, "|---|---|---:|---:|---:|---|---|")
 	failed := 0
 	for _, row := range rows {
 		now, before := median(samples[row]["berth"]), median(samples[row]["before"])
+		if len(samples[row]["anchor"]) > 0 { // berth before had the anchor: like for like
+			now = median(samples[row]["anchor"])
+		}
 		measure, unit, _ := strings.Cut(row, " ")
 		goalText, met := "", ""
 		if max, ok := costGoals[row]; ok {

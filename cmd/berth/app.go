@@ -92,7 +92,7 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 	case "proxy":
 		// in NAME-ctl beside an environment proxy (stages/containers/proxy):
 		// berth's side of Caddy's admin API, run through the Engine API
-		return proxy.Ctl(ctx, args, os.Stdin, a.stdout)
+		return proxy.Ctl(ctx, proxy.AdminURL, args, os.Stdin, a.stdout)
 	case "anchor":
 		// PID 1 of an environment's anchor container (stages/anchor.go):
 		// it only holds the network namespace, until stopped.

@@ -70,11 +70,25 @@ func envLeftovers(t *testing.T, r *rig, name string) {
 // the job's cleanup puts it right): the previous version serves again, or
 // the new one where it had taken over and is healthy.
 func TestE2EKilledContainerDeploy(t *testing.T) {
+	for _, m := range []struct {
+		portsOn string
+		port    int
+		steps   []string
+	}{
+		{"anchor", 6111, []string{"create", "journal", "stop-old", "rename-old", "start-anchor", "rename-new", "start-new", "record"}},
+		{"proxy", 6117, []string{"journal", "create-1", "start-1", "route-1", "stop-old-1", "record"}},
+	} {
+		t.Run(m.portsOn, func(t *testing.T) { killedContainerDeploy(t, m.portsOn, m.port, m.steps) })
+	}
+}
+
+func killedContainerDeploy(t *testing.T, portsOn string, port int, steps []string) {
 	r := needRig(t)
 	repo := newAppRepo(t)
 	repo.commit("v0")
 	name := fmt.Sprintf("berth-e2e-fault-%d", time.Now().UnixNano()%1e8)
 	t.Cleanup(func() { removeByName(r, name) })
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 	toml := writeTOML(t, defaultTOML+fmt.Sprintf(`
 [registry]
 image = "127.0.0.1:5000/berth-e2e/{project}"
@@ -82,27 +96,28 @@ image = "127.0.0.1:5000/berth-e2e/{project}"
 driver = "container"
 [environments.web.container]
 name = %q
-ports = ["127.0.0.1:6111:5000"]
-health_url = "http://127.0.0.1:6111/health"
+ports = ["127.0.0.1:%d:5000"]
+health_url = "http://127.0.0.1:%d/health"
 health_timeout = "10s"
 stop_timeout = "2s"
 keep = 1
-`, name))
+ports_on = %q
+`, name, port, port, portsOn))
 	project := "grp/" + name
 	deploy := func(env []string) *startedJob {
 		return r.startJob(t, toml, env, nil, "--repo", repo.dir, "--ref", "master", "--stage", "deploy", "--project-path", project)
 	}
 	res := deploy(nil).finish(t)
 	require.Equal(t, "success", res.State, traceLines(res.Trace))
-	require.Equal(t, "app v0", httpGet("http://127.0.0.1:6111/"))
+	require.Equal(t, "app v0", httpGet(url))
 
 	// after these steps the new version has taken over and is healthy
 	tookOver := map[string]bool{"record": true}
 	n := 0
-	for _, step := range []string{"create", "journal", "stop-old", "rename-old", "start-anchor", "rename-new", "start-new", "record"} {
+	for _, step := range steps {
 		for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
 			t.Run(step+"/"+sig.String(), func(t *testing.T) {
-				before := httpGet("http://127.0.0.1:6111/")
+				before := httpGet(url)
 				n++
 				version := fmt.Sprintf("v%d", n)
 				repo.commit(version)
@@ -116,7 +131,7 @@ keep = 1
 				if tookOver[step] {
 					want = "app " + version
 				}
-				assert.Equal(t, want, httpGet("http://127.0.0.1:6111/"), "what serves after %s at %s:\n%s", sig, step, tr)
+				assert.Equal(t, want, httpGet(url), "what serves after %s at %s:\n%s", sig, step, tr)
 				if !tookOver[step] {
 					assert.Equal(t, "failed", res.State)
 				}
@@ -128,7 +143,7 @@ keep = 1
 				out, err := exec.Command(r.berth, "--config", toml, "history", "web").CombinedOutput()
 				require.NoError(t, err, string(out))
 				assert.Contains(t, string(out), "serving")
-				if sig == syscall.SIGKILL && step != "create" && step != "journal" && !tookOver[step] {
+				if sig == syscall.SIGKILL && step != "create" && step != "journal" && step != "create-1" && !tookOver[step] {
 					assert.Contains(t, string(out), "interrupted, previous restored", "the history says what happened")
 				}
 			})
@@ -138,7 +153,7 @@ keep = 1
 	repo.commit("after")
 	res = deploy(nil).finish(t)
 	require.Equal(t, "success", res.State, traceLines(res.Trace))
-	assert.Equal(t, "app after", httpGet("http://127.0.0.1:6111/"))
+	assert.Equal(t, "app after", httpGet(url))
 }
 
 // `berth rollback` killed at each step: SIGTERM puts the current version
@@ -161,6 +176,7 @@ health_url = "http://127.0.0.1:6112/health"
 health_timeout = "10s"
 stop_timeout = "2s"
 keep = 3
+ports_on = "anchor"
 `, name))
 	for _, v := range []string{"one", "two"} {
 		repo.commit(v)
@@ -349,11 +365,24 @@ ports = ["127.0.0.1:6115:5000"]
 // engine starts those that should run again; berth goes on, and what
 // serves afterwards is the previous version or the new, healthy one.
 func TestE2EEngineRestartDuringADeploy(t *testing.T) {
+	for _, m := range []struct {
+		portsOn, step string
+		port          int
+	}{{"anchor", "start-new", 6116}, {"proxy", "route-1", 6118}} {
+		t.Run(m.portsOn, func(t *testing.T) { engineRestartDuringADeploy(t, m.portsOn, m.step, m.port) })
+	}
+}
+
+// engineRestartDuringADeploy: dockerd restarts while berth waits at step;
+// afterwards something good serves (behind the proxy: the proxy and the
+// app came back by themselves), and the next deploy works.
+func engineRestartDuringADeploy(t *testing.T, portsOn, step string, port int) {
 	r := needRig(t)
 	repo := newAppRepo(t)
 	repo.commit("v1")
 	name := fmt.Sprintf("berth-e2e-restart-%d", time.Now().UnixNano()%1e8)
 	t.Cleanup(func() { removeByName(r, name) })
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 	toml := writeTOML(t, defaultTOML+fmt.Sprintf(`
 [registry]
 image = "127.0.0.1:5000/berth-e2e/{project}"
@@ -361,27 +390,34 @@ image = "127.0.0.1:5000/berth-e2e/{project}"
 driver = "container"
 [environments.web.container]
 name = %q
-ports = ["127.0.0.1:6116:5000"]
-health_url = "http://127.0.0.1:6116/health"
+ports = ["127.0.0.1:%d:5000"]
+health_url = "http://127.0.0.1:%d/health"
 health_timeout = "20s"
 restart = "unless-stopped"
-`, name))
+ports_on = %q
+`, name, port, port, portsOn))
 	args := []string{"--repo", repo.dir, "--ref", "master", "--stage", "deploy", "--project-path", "grp/" + name}
 	res := r.runJob(t, toml, args...)
 	require.Equal(t, "success", res.State, traceLines(res.Trace))
 
 	repo.commit("v2")
-	env, file := pause(t, "deploy:start-new")
+	env, file := pause(t, "deploy:"+step)
 	job := r.startJob(t, toml, env, nil, args...)
 	pausedPID(t, file)
 	out, err := exec.Command(filepath.Join(repoRoot(), ".ci", "rig.sh"), "engine-restart").CombinedOutput()
 	require.NoError(t, err, string(out))
 	require.NoError(t, os.Remove(file)) // go on
 	res = job.finish(t)
-	got := httpGet("http://127.0.0.1:6116/")
+	var got string
+	require.Eventually(t, func() bool { got = httpGet(url); return strings.HasPrefix(got, "app v") }, 20*time.Second, 200*time.Millisecond,
+		"something serves again: %s", traceLines(res.Trace))
 	assert.Contains(t, []string{"app v1", "app v2"}, got, "something good serves: %s", traceLines(res.Trace))
 	if res.State == "success" {
 		assert.Equal(t, "app v2", got)
 	}
 	envLeftovers(t, r, name)
+	repo.commit("v3")
+	res = r.runJob(t, toml, args...)
+	require.Equal(t, "success", res.State, traceLines(res.Trace))
+	assert.Equal(t, "app v3", httpGet(url))
 }

@@ -9,11 +9,13 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -158,8 +160,37 @@ func writeTOML(t *testing.T, extra string) string {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "berth.toml")
 	body := fmt.Sprintf("builds_dir = %q\ncache_dir = %q\nlog_level = \"info\"\n%s", filepath.Join(dir, "builds"), filepath.Join(dir, "cache"), extra)
+	if !strings.Contains(extra, "[proxy]") {
+		body += testProxy(t)
+	}
 	require.NoError(t, os.WriteFile(path, []byte(body), 0o644))
 	return path
+}
+
+// testProxy is a [proxy] of the test's own, of the rig's caddy:local (no
+// Docker Hub here), removed with what it published when the test ends.
+func testProxy(t *testing.T) string {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(t.Name())) // one proxy per test, however many berth.toml it writes
+	name := fmt.Sprintf("berth-e2e-proxy-%08x", h.Sum32())
+	t.Cleanup(func() { removeProxy(name) })
+	return fmt.Sprintf("[proxy]\nimage = \"caddy:local\"\nname = %q\nnetwork = %q\nhost_ip = \"127.0.0.1\"\nhttp_port = 18180\nhttps_port = 18543\n", name, name)
+}
+
+// removeProxy removes a test's proxy, its helper, network and volumes.
+func removeProxy(name string) {
+	c, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return
+	}
+	ctx := context.Background()
+	for _, n := range []string{name + "-ctl", name} {
+		_ = c.ContainerRemove(ctx, n, container.RemoveOptions{Force: true})
+	}
+	_ = c.NetworkRemove(ctx, name)
+	for _, v := range []string{name + "-config", name + "-data"} {
+		_ = c.VolumeRemove(ctx, v, true)
+	}
 }
 
 // runJob renders a payload with job.py and runs it through the real runner

@@ -260,10 +260,13 @@ type proxySwitchPlan struct {
 	anchor    string
 	healthErr error
 	failedID  string
+	// nonce names this switch's containers and aliases: a rollback
+	// starts a release whose job made containers before
+	nonce int64
 }
 
 func (d *Driver) planProxy(ctx context.Context, r driver.Release, led target.Ledger, ctl, kind string) (*proxySwitchPlan, error) {
-	p := &proxySwitchPlan{d: d, r: r, kind: kind, rt: d.router(ctl), led: led}
+	p := &proxySwitchPlan{d: d, r: r, kind: kind, rt: d.router(ctl), led: led, nonce: time.Now().UnixNano() % 1e12}
 	var err error
 	if p.ports, err = d.sitePorts(); err != nil {
 		return nil, err
@@ -400,9 +403,8 @@ func (p *proxySwitchPlan) route(ctx context.Context, i int) error {
 // name of this switch.
 func (p *proxySwitchPlan) create(ctx context.Context, i int) error {
 	d := p.d
-	name := fmt.Sprintf("%s-new-%d-%d", d.Spec.Name, p.r.Job, i)
-	_ = d.Engine.ContainerRemove(ctx, name, container.RemoveOptions{Force: true}) // a crashed attempt's leftover
-	alias := fmt.Sprintf("%s-%d-%d", d.Spec.Name, p.r.Job, i)
+	name := fmt.Sprintf("%s-new-%d-%d", d.Spec.Name, p.nonce, i)
+	alias := fmt.Sprintf("%s-%d-%d", d.Spec.Name, p.nonce, i)
 	cfg := *p.rc.cfg
 	cfg.Labels = map[string]string{LabelAlias: alias}
 	for k, v := range p.rc.cfg.Labels {
@@ -569,8 +571,7 @@ func (p *proxySwitchPlan) unfreePorts(ctx context.Context) error {
 func (p *proxySwitchPlan) releaseCommand(ctx context.Context) error {
 	d := p.d
 	cmd := d.Spec.ReleaseCommand
-	name := fmt.Sprintf("%s-release-%d", d.Spec.Name, p.r.Job)
-	_ = d.Engine.ContainerRemove(ctx, name, container.RemoveOptions{Force: true})
+	name := fmt.Sprintf("%s-release-%d", d.Spec.Name, p.nonce)
 	cfg := *p.rc.cfg
 	cfg.Entrypoint, cfg.Cmd = cmd[:1], cmd[1:]
 	cfg.Labels = map[string]string{engine.LabelRole: "release"}
@@ -709,7 +710,16 @@ func (d *Driver) recoverProxy(ctx context.Context, led *target.Ledger) error {
 	from, fromOK := inspectAll(sw.FromIDs)
 	to, toOK := inspectAll(sw.ToIDs)
 	name := d.Spec.Name
-	if fromOK && (len(from) > 0 || !toOK) {
+	// the new replicas stay when they had taken over: all made, running,
+	// and every old one stopped already
+	tookOver := toOK && len(to) == d.Spec.Replicas
+	for _, c := range to {
+		tookOver = tookOver && c.State.Running
+	}
+	for _, c := range from {
+		tookOver = tookOver && !c.State.Running
+	}
+	if fromOK && !tookOver {
 		var back []string
 		for k, c := range from {
 			if err := d.renameTo(ctx, c.ID, replicaName(name, k+1)); err != nil {
@@ -725,17 +735,35 @@ func (d *Driver) recoverProxy(ctx context.Context, led *target.Ledger) error {
 				return failure.Systemf("%s: move traffic back on the proxy: %w", d.Env, err)
 			}
 		}
-		for _, c := range to {
-			_ = d.remove(ctx, c.ID)
-		}
-		if strings.HasSuffix(sw.Kind, "deploy") {
-			led.Push(entryWithID(sw.Entry, "", driver.ResultInterrupted), "")
+		for k, c := range to {
+			if k > 0 || !strings.HasSuffix(sw.Kind, "deploy") {
+				_ = d.remove(ctx, c.ID)
+				continue
+			}
+			// replica 1 is kept, stopped, for its logs and the history
+			_ = d.stop(ctx, c.ID)
+			if err := d.renameTo(ctx, c.ID, keptName(name, c.ID, "interrupted")); err != nil {
+				return failure.Systemf("%s: put the interrupted %s aside: %w", d.Env, name, err)
+			}
+			led.Push(entryWithID(sw.Entry, c.ID, driver.ResultInterrupted), "")
 		}
 		joblog.Step(d.Out, "%s: what served before the %s serves again", d.Env, strings.TrimPrefix(sw.Kind, "proxy-"))
 	} else if toOK {
+		for k, c := range from { // out of the way of the new ones' names
+			if k > 0 {
+				_ = d.remove(ctx, c.ID)
+				continue
+			}
+			_ = d.stop(ctx, c.ID)
+			if err := d.renameTo(ctx, c.ID, keptName(name, c.ID, "")); err != nil {
+				return failure.Systemf("%s: put the previous %s aside: %w", d.Env, name, err)
+			}
+		}
 		var live, ids []string
 		for k, c := range to {
-			_ = d.renameTo(ctx, c.ID, replicaName(name, k+1))
+			if err := d.renameTo(ctx, c.ID, replicaName(name, k+1)); err != nil {
+				return failure.Systemf("%s: name the new %s: %w", d.Env, replicaName(name, k+1), err)
+			}
 			_ = d.startOnly(ctx, c.ID)
 			live, ids = append(live, c.Config.Labels[LabelAlias]), append(ids, c.ID)
 		}

@@ -26,12 +26,12 @@ const (
 	CtlSites   = "sites"   // lists the environments with a site
 )
 
-// admin is Caddy's admin API in the proxy's network namespace.
-const admin = "http://localhost:2019"
+// AdminURL is Caddy's admin API in the proxy's network namespace.
+const AdminURL = "http://localhost:2019"
 
-// Ctl runs one command; its output goes to out, its errors say what went
-// wrong for the job log.
-func Ctl(ctx context.Context, args []string, stdin io.Reader, out io.Writer) error {
+// Ctl runs one command against the admin API at admin; its output goes to
+// out, its errors say what went wrong for the job log.
+func Ctl(ctx context.Context, admin string, args []string, stdin io.Reader, out io.Writer) error {
 	if len(args) == 0 {
 		return errors.New("usage: berth proxy apply|remove|drained|probe|ready|sites")
 	}
@@ -42,18 +42,18 @@ func Ctl(ctx context.Context, args []string, stdin io.Reader, out io.Writer) err
 		if err := json.NewDecoder(stdin).Decode(&site); err != nil {
 			return fmt.Errorf("read the site on stdin: %w", err)
 		}
-		return update(ctx, c, func(cfg map[string]any) error { return Apply(cfg, site) })
+		return update(ctx, c, admin, func(cfg map[string]any) error { return Apply(cfg, site) })
 	case CtlRemove:
 		if len(rest) != 1 {
 			return errors.New("usage: berth proxy remove ENV")
 		}
-		return update(ctx, c, func(cfg map[string]any) error { return Apply(cfg, Site{Env: rest[0]}) })
+		return update(ctx, c, admin, func(cfg map[string]any) error { return Apply(cfg, Site{Env: rest[0]}) })
 	case CtlDrained:
 		timeout, err := durationArg(rest)
 		if err != nil {
 			return err
 		}
-		return drained(ctx, c, timeout, rest[1:])
+		return drained(ctx, c, admin, timeout, rest[1:])
 	case CtlProbe:
 		timeout, err := durationArg(rest)
 		if err != nil || len(rest) < 2 {
@@ -65,9 +65,9 @@ func Ctl(ctx context.Context, args []string, stdin io.Reader, out io.Writer) err
 		if err != nil {
 			return err
 		}
-		return until(ctx, timeout, func() error { _, _, err := getConfig(ctx, c); return err })
+		return until(ctx, timeout, func() error { _, _, err := getConfig(ctx, c, admin); return err })
 	case CtlSites:
-		cfg, _, err := getConfig(ctx, c)
+		cfg, _, err := getConfig(ctx, c, admin)
 		if err != nil {
 			return err
 		}
@@ -86,7 +86,7 @@ func durationArg(args []string) (time.Duration, error) {
 }
 
 // getConfig reads the whole config and its ETag.
-func getConfig(ctx context.Context, c *http.Client) (map[string]any, string, error) {
+func getConfig(ctx context.Context, c *http.Client, admin string) (map[string]any, string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, admin+"/config/", nil)
 	if err != nil {
 		return nil, "", err
@@ -113,9 +113,9 @@ func getConfig(ctx context.Context, c *http.Client) (map[string]any, string, err
 
 // update changes the config in one step: read it, change it, write it
 // back if nobody wrote it meanwhile (If-Match), else again.
-func update(ctx context.Context, c *http.Client, change func(map[string]any) error) error {
+func update(ctx context.Context, c *http.Client, admin string, change func(map[string]any) error) error {
 	for attempt := 0; ; attempt++ {
-		cfg, etag, err := getConfig(ctx, c)
+		cfg, etag, err := getConfig(ctx, c, admin)
 		if err != nil {
 			return err
 		}
@@ -152,7 +152,7 @@ func update(ctx context.Context, c *http.Client, change func(map[string]any) err
 }
 
 // drained waits until Caddy counts no request in flight to addrs.
-func drained(ctx context.Context, c *http.Client, timeout time.Duration, addrs []string) error {
+func drained(ctx context.Context, c *http.Client, admin string, timeout time.Duration, addrs []string) error {
 	return until(ctx, timeout, func() error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, admin+"/reverse_proxy/upstreams", nil)
 		if err != nil {

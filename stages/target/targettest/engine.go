@@ -70,6 +70,10 @@ type Engine struct {
 	PullError func(ref string) string
 	// Version is what ServerVersion answers.
 	Version types.Version
+	// OnStart, when set, sees each container that starts, under the
+	// engine's lock: a test makes a one-off command end (Running false,
+	// ExitCode, Logs).
+	OnStart func(c *Container)
 }
 
 // New is an empty engine with no image, on linux/GOARCH.
@@ -396,6 +400,9 @@ func (e *Engine) start(c *Container) error {
 	}
 	c.Running, c.ExitCode = true, 0
 	c.Starts++
+	if e.OnStart != nil {
+		e.OnStart(c)
+	}
 	return nil
 }
 
