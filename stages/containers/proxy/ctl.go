@@ -202,8 +202,9 @@ func probe(ctx context.Context, c *http.Client, timeout time.Duration, url strin
 	})
 }
 
-// until retries f every 100 ms until it succeeds or timeout passes; the
-// last error says why not.
+// until retries f every 25 ms until it succeeds or timeout passes; the
+// last error says why not. A new replica's health is asked this way: the
+// sooner it is seen healthy, the sooner traffic moves.
 func until(ctx context.Context, timeout time.Duration, f func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -217,7 +218,7 @@ func until(ctx context.Context, timeout time.Duration, f func() error) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(25 * time.Millisecond):
 		}
 	}
 }

@@ -69,12 +69,13 @@ func (s *Stack) Ensure(ctx context.Context, site Site) error {
 	if err := s.Network(ctx); err != nil {
 		return err
 	}
-	proxyID, err := s.proxy(ctx, s.bindings(site))
+	proxyID, changed, err := s.proxy(ctx, s.bindings(site))
 	if err != nil {
 		return err
 	}
-	if err := s.ctl(ctx, proxyID); err != nil {
-		return err
+	ctlChanged, err := s.ctl(ctx, proxyID)
+	if err != nil || !changed && !ctlChanged {
+		return err // both ran already: Caddy answers
 	}
 	_, err = s.Run(ctx, nil, CtlReady, "15s")
 	return err
@@ -113,13 +114,14 @@ func (s *Stack) bindings(site Site) nat.PortMap {
 	return m
 }
 
-// proxy makes Caddy's container publish want, and run; its id.
-func (s *Stack) proxy(ctx context.Context, want nat.PortMap) (string, error) {
+// proxy makes Caddy's container publish want, and run; its id, and
+// whether it had to be started or made.
+func (s *Stack) proxy(ctx context.Context, want nat.PortMap) (string, bool, error) {
 	name := s.Spec.Name
 	cur, err := s.Engine.ContainerInspect(ctx, name)
 	exists := err == nil
 	if err != nil && !errdefs.IsNotFound(err) {
-		return "", failure.Systemf("inspect the proxy %s: %w", name, err)
+		return "", false, failure.Systemf("inspect the proxy %s: %w", name, err)
 	}
 	var missing []string
 	have := nat.PortMap{}
@@ -135,21 +137,22 @@ func (s *Stack) proxy(ctx context.Context, want nat.PortMap) (string, error) {
 	if !s.Spec.Manage {
 		switch {
 		case !exists:
-			return "", failure.Systemf("the proxy %s does not exist: start your Caddy container as %s on network %s, or set [proxy] manage = true", name, name, s.Spec.Network)
+			return "", false, failure.Systemf("the proxy %s does not exist: start your Caddy container as %s on network %s, or set [proxy] manage = true", name, name, s.Spec.Network)
 		case len(missing) > 0:
-			return "", failure.Systemf("the proxy %s does not publish port(s) %s, and berth does not manage it ([proxy] manage = false): publish them on it", name, strings.Join(missing, ", "))
+			return "", false, failure.Systemf("the proxy %s does not publish port(s) %s, and berth does not manage it ([proxy] manage = false): publish them on it", name, strings.Join(missing, ", "))
 		case !cur.State.Running:
-			return "", failure.Systemf("the proxy %s does not run: start it", name)
+			return "", false, failure.Systemf("the proxy %s does not run: start it", name)
 		}
-		return cur.ID, nil
+		return cur.ID, false, nil
 	}
 	if exists && len(missing) == 0 {
-		if !cur.State.Running {
-			if err := s.Engine.ContainerStart(ctx, cur.ID, container.StartOptions{}); err != nil {
-				return "", failure.Systemf("start the proxy %s: %w", name, err)
-			}
+		if cur.State.Running {
+			return cur.ID, false, nil
 		}
-		return cur.ID, nil
+		if err := s.Engine.ContainerStart(ctx, cur.ID, container.StartOptions{}); err != nil {
+			return "", false, failure.Systemf("start the proxy %s: %w", name, err)
+		}
+		return cur.ID, true, nil
 	}
 	all := nat.PortMap{}
 	for p, b := range have {
@@ -159,12 +162,12 @@ func (s *Stack) proxy(ctx context.Context, want nat.PortMap) (string, error) {
 		all[p] = b
 	}
 	if err := target.PullOnTarget(ctx, s.Engine, s.Creds, s.Out, s.Spec.Image); err != nil {
-		return "", err
+		return "", false, err
 	}
 	if exists {
 		joblog.Step(s.Out, "proxy %s: made again to publish %s too (its sites pause for about a second)", name, strings.Join(missing, ", "))
 		if err := s.Engine.ContainerRemove(ctx, cur.ID, container.RemoveOptions{Force: true}); err != nil {
-			return "", failure.Systemf("remove the proxy %s to publish new ports: %w", name, err)
+			return "", false, failure.Systemf("remove the proxy %s to publish new ports: %w", name, err)
 		}
 	} else {
 		joblog.Step(s.Out, "proxy %s: started from %s on network %s", name, s.Spec.Image, s.Spec.Network)
@@ -182,13 +185,13 @@ func (s *Stack) proxy(ctx context.Context, want nat.PortMap) (string, error) {
 				{Type: mount.TypeVolume, Source: name + "-data", Target: "/data"}}},
 		nil, nil, name)
 	if err != nil {
-		return "", failure.Systemf("create the proxy %s from %s: %w (check [proxy] image)", name, s.Spec.Image, err)
+		return "", false, failure.Systemf("create the proxy %s from %s: %w (check [proxy] image)", name, s.Spec.Image, err)
 	}
 	if err := s.Engine.ContainerStart(ctx, made.ID, container.StartOptions{}); err != nil {
 		_ = s.Engine.ContainerRemove(context.WithoutCancel(ctx), made.ID, container.RemoveOptions{Force: true})
-		return "", failure.Buildf("start the proxy %s, which publishes %s: %v: is a port taken by something else?", name, portList(all), err)
+		return "", false, failure.Buildf("start the proxy %s, which publishes %s: %v: is a port taken by something else?", name, portList(all), err)
 	}
-	return made.ID, nil
+	return made.ID, true, nil
 }
 
 func samePublished(have, want []nat.PortBinding) bool {
@@ -210,36 +213,36 @@ func portList(m nat.PortMap) string {
 }
 
 // ctl makes NAME-ctl run in the proxy's network namespace.
-func (s *Stack) ctl(ctx context.Context, proxyID string) error {
+func (s *Stack) ctl(ctx context.Context, proxyID string) (bool, error) {
 	name := s.ctlName()
 	mode := container.NetworkMode("container:" + proxyID)
 	cur, err := s.Engine.ContainerInspect(ctx, name)
 	switch {
 	case err == nil && cur.HostConfig.NetworkMode == mode && cur.Config.Image == s.CtlImage:
 		if cur.State.Running {
-			return nil
+			return false, nil
 		}
 		if err := s.Engine.ContainerStart(ctx, cur.ID, container.StartOptions{}); err != nil {
-			return failure.Systemf("start %s: %w", name, err)
+			return false, failure.Systemf("start %s: %w", name, err)
 		}
-		return nil
+		return true, nil
 	case err == nil: // of an earlier proxy or berth
 		if err := s.Engine.ContainerRemove(ctx, cur.ID, container.RemoveOptions{Force: true}); err != nil {
-			return failure.Systemf("remove the old %s: %w", name, err)
+			return false, failure.Systemf("remove the old %s: %w", name, err)
 		}
 	case !errdefs.IsNotFound(err):
-		return failure.Systemf("inspect %s: %w", name, err)
+		return false, failure.Systemf("inspect %s: %w", name, err)
 	}
 	made, err := s.Engine.ContainerCreate(ctx, &container.Config{Image: s.CtlImage, Labels: map[string]string{engine.LabelRole: RoleCtl}},
 		&container.HostConfig{NetworkMode: mode, RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped}},
 		nil, nil, name)
 	if err != nil {
-		return failure.Systemf("create %s: %w", name, err)
+		return false, failure.Systemf("create %s: %w", name, err)
 	}
 	if err := s.Engine.ContainerStart(ctx, made.ID, container.StartOptions{}); err != nil {
-		return failure.Systemf("start %s: %w", name, err)
+		return false, failure.Systemf("start %s: %w", name, err)
 	}
-	return nil
+	return true, nil
 }
 
 // Apply puts site into the proxy's config: one change, which Caddy makes
