@@ -93,6 +93,9 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 		// in NAME-ctl beside an environment proxy (stages/containers/proxy):
 		// berth's side of Caddy's admin API, run through the Engine API
 		return proxy.Ctl(ctx, proxy.AdminURL, args, os.Stdin, a.stdout)
+	case "archive":
+		// in a job's helper container, for berth exec's artifacts and caches
+		return a.archive(args)
 	case "anchor":
 		// PID 1 of an environment's anchor container (stages/anchor.go):
 		// it only holds the network namespace, until stopped.
@@ -171,6 +174,7 @@ func (a *app) executor() (*executor.Executor, error) {
 		return nil, err
 	}
 	ex := executor.New(eng, a.settings, a.job, a.stdout, log, version)
+	ex.ScriptOut, ex.ScriptErr = a.stdout, a.stderr // the runner's (or berth exec's) job log
 	ex.LocalEngine = local
 	if self, err := os.Executable(); err == nil && executor.IsStatic(self) {
 		ex.SelfBinary = self // serves the helper container's stages

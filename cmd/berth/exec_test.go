@@ -53,7 +53,12 @@ func execRepo(t *testing.T, testExit string) *appRepo {
 }
 
 func (r *rig) berthExec(t *testing.T, dir string, args ...string) (string, error) {
-	toml := writeTOML(t, defaultTOML)
+	return r.berthExecWith(t, writeTOML(t, defaultTOML), dir, args...)
+}
+
+// berthExecWith runs berth exec with a given berth.toml (its cache_dir
+// outlives the run).
+func (r *rig) berthExecWith(t *testing.T, toml, dir string, args ...string) (string, error) {
 	cmd := exec.Command(r.berth, append([]string{"--config", toml, "exec"}, args...)...)
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
@@ -95,23 +100,23 @@ func TestExecStopsAtAFailedJob(t *testing.T) {
 	assert.Contains(t, out, "after: failed")
 	assert.Regexp(t, `(?m)^test\s+test\s+failed \(exit code 3\)`, out)
 	assert.Regexp(t, `(?m)^only-tags\s+test\s+success`, out, "a tag pipeline runs the tag-only job")
-	assert.Regexp(t, `(?m)^manual\s+ship\s+skipped \(an earlier stage failed\)`, out)
+	assert.Regexp(t, `(?m)^manual\s+ship\s+skipped \(what it waits for failed\)`, out)
 	requireNoJobContainers(t, r)
 }
 
 func TestExecRefusesWhatItDoesNotSupport(t *testing.T) {
 	r := needRig(t)
 	repo := newAppRepo(t)
-	require.NoError(t, os.WriteFile(filepath.Join(repo.dir, ".gitlab-ci.yml"), []byte("build:\n  script: [make]\n  artifacts:\n    paths: [bin/]\n"), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(repo.dir, ".gitlab-ci.yml"), []byte("include:\n  - template: Security/SAST.gitlab-ci.yml\nbuild:\n  script: [make]\n"), 0o644))
 	repo.commit("x")
 	out, err := r.berthExec(t, repo.dir)
 	require.Error(t, err)
-	assert.Contains(t, out, `.gitlab-ci.yml:3: job build: berth exec does not support the keyword "artifacts"`)
+	assert.Contains(t, out, `.gitlab-ci.yml:2: include: template Security/SAST.gitlab-ci.yml needs GitLab's templates`)
 	var ee *exec.ExitError
 	require.ErrorAs(t, err, &ee)
 	assert.Equal(t, 1, ee.ExitCode(), "the job's own fault: a build failure")
 
 	out, err = r.berthExec(t, repo.dir, "nosuchjob")
 	require.Error(t, err)
-	assert.Contains(t, out, "does not support the keyword")
+	assert.Contains(t, out, "needs GitLab's templates", "the file is refused before any job is looked for")
 }

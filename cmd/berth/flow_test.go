@@ -105,8 +105,14 @@ func TestExecAndTheRunnerAgree(t *testing.T) {
 		body := fmt.Sprintf("services:\n  web:\n    image: 127.0.0.1:5000/berth-flow/%s:develop\n    ports: [\"127.0.0.1:%d:5000\"]\n", s, port)
 		require.NoError(t, os.WriteFile(filepath.Join(repo.dir, "compose.yaml"), []byte(body), 0o644))
 	}
-	p, err := local.Load(filepath.Join(repo.dir, ".gitlab-ci.yml"))
-	require.NoError(t, err)
+	planFor := func(ref local.Ref) *local.Plan {
+		ctx := &local.Context{Ref: ref, Repo: repo.dir, Vars: local.PredefinedForRef(ref, "local/app", "master")}
+		p, err := local.Load(repo.dir, ".gitlab-ci.yml", ctx)
+		require.NoError(t, err)
+		pl, err := p.Plan(ctx)
+		require.NoError(t, err)
+		return pl
+	}
 
 	master := local.Ref{Name: "master"}
 	runs := []struct {
@@ -159,10 +165,10 @@ func TestExecAndTheRunnerAgree(t *testing.T) {
 			repo.git("commit", "-qam", "runner side")
 		}
 		runnerResults := map[string]string{}
-		for _, j := range p.Jobs {
-			how := j.Applies(run.ref)
+		for _, pj := range planFor(run.ref).Jobs {
+			j := pj.Job
 			named := len(run.jobs) == 0 || slices.Contains(run.jobs, j.Name)
-			if how == "" || (how == "manual" && !run.manual) || !named {
+			if (pj.When == "manual" && !run.manual) || !named {
 				continue
 			}
 			jobArgs := append([]string{"--repo", repo.dir, "--stage", j.Stage, "--name", j.Name, "--image", j.Image}, args...)

@@ -187,6 +187,12 @@ func removeProxy(name string) {
 	for _, n := range []string{name + "-ctl", name} {
 		_ = c.ContainerRemove(ctx, n, container.RemoveOptions{Force: true})
 	}
+	// the test's apps are on its network still: they go first
+	if nw, err := c.NetworkInspect(ctx, name, network.InspectOptions{}); err == nil {
+		for id := range nw.Containers {
+			_ = c.ContainerRemove(ctx, id, container.RemoveOptions{Force: true})
+		}
+	}
 	_ = c.NetworkRemove(ctx, name)
 	for _, v := range []string{name + "-config", name + "-data"} {
 		_ = c.VolumeRemove(ctx, v, true)

@@ -2,6 +2,8 @@ package local
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 
@@ -14,61 +16,67 @@ type Ref struct {
 	IsTag bool
 }
 
-// refFilter is only/except with refs: branch and tag names, /regex/,
-// "branches" and "tags".
-type refFilter struct{ refs []string }
-
-func parseRefFilter(n *yaml.Node) (*refFilter, error) {
-	if n.Kind == yaml.MappingNode {
-		var f *refFilter
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			if n.Content[i].Value != "refs" {
-				return nil, fmt.Errorf("only/except: berth exec supports refs only, not %q", n.Content[i].Value)
-			}
-			refs, err := stringList(n.Content[i+1])
-			if err != nil {
-				return nil, err
-			}
-			f = &refFilter{refs}
-		}
-		return f, nil
-	}
-	refs, err := stringList(n)
-	if err != nil {
-		return nil, err
-	}
-	for _, r := range refs {
-		if isRegex(r) {
-			if _, err := regexp.Compile(r[1 : len(r)-1]); err != nil {
-				return nil, fmt.Errorf("only/except: %s: %v", r, err)
-			}
-		} else if r == "merge_requests" || r == "schedules" || r == "web" || r == "api" || r == "triggers" || r == "pushes" {
-			return nil, fmt.Errorf("only/except: berth exec supports refs, branches and tags, not %q", r)
-		}
-	}
-	return &refFilter{refs}, nil
+// Context is what decides which jobs a pipeline has: the ref, the
+// variables (predefined, the file's, --var), the files the commit changed
+// and the repository's files.
+type Context struct {
+	Ref  Ref
+	Repo string
+	// Vars are the predefined variables and the command line's --var,
+	// which win over the file's.
+	Vars map[string]string
+	// Changed are the files the commit changed (against its parent), for
+	// rules: changes; nil: every file counts as changed, as GitLab does
+	// for a new branch.
+	Changed []string
 }
 
-func isRegex(s string) bool {
-	return len(s) >= 2 && strings.HasPrefix(s, "/") && strings.HasSuffix(s, "/")
-}
-
-func (f *refFilter) match(ref Ref) bool {
-	for _, r := range f.refs {
-		switch {
-		case r == "branches" && !ref.IsTag, r == "tags" && ref.IsTag, r == ref.Name:
-			return true
-		case isRegex(r) && regexp.MustCompile(r[1:len(r)-1]).MatchString(ref.Name):
-			return true
+// vars are the variables an expression sees: c.Vars over file over
+// job, each value expanded once.
+func (c *Context) vars(layers ...[]Var) map[string]string {
+	out := map[string]string{}
+	for _, l := range layers {
+		for _, v := range l {
+			out[v.Key] = v.Value
 		}
 	}
-	return false
+	for k, v := range c.Vars {
+		out[k] = v
+	}
+	for k, v := range out {
+		out[k] = expandWith(v, out)
+	}
+	return out
 }
 
-// rule is one `- if: EXPR` with an optional when.
+var varRefRe = regexp.MustCompile(`\$(\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))`)
+
+// expandWith replaces $VAR and ${VAR} in s, as GitLab expands variables
+// in keyword values; an unknown variable is empty.
+func expandWith(s string, vars map[string]string) string {
+	if !strings.Contains(s, "$") {
+		return s
+	}
+	s = strings.ReplaceAll(s, "$$", "\x00")
+	s = varRefRe.ReplaceAllStringFunc(s, func(m string) string {
+		sm := varRefRe.FindStringSubmatch(m)
+		return vars[sm[2]+sm[3]]
+	})
+	return strings.ReplaceAll(s, "\x00", "$")
+}
+
+func (c *Context) expand(s string, layers ...[]Var) string { return expandWith(s, c.vars(layers...)) }
+
+// rule is one entry of rules: its conditions and what it sets.
 type rule struct {
-	cond expr
-	when string
+	cond         Expr // nil: no if
+	changes      []string
+	exists       []string
+	when         string
+	allowFailure *bool
+	exitCodes    []int
+	variables    []Var
+	line         int
 }
 
 func parseRules(n *yaml.Node) ([]rule, error) {
@@ -78,25 +86,53 @@ func parseRules(n *yaml.Node) ([]rule, error) {
 	var out []rule
 	for _, c := range n.Content {
 		if c.Kind != yaml.MappingNode {
-			return nil, fmt.Errorf("rules: want a list of {if, when}")
+			return nil, fmt.Errorf("rules: want a list of mappings (if, changes, exists, when, ...)")
 		}
-		r := rule{cond: always{}} // no when: the job's
+		r := rule{line: c.Line}
 		for i := 0; i+1 < len(c.Content); i += 2 {
-			k, v := c.Content[i].Value, c.Content[i+1].Value
+			k, v := c.Content[i].Value, c.Content[i+1]
+			var err error
 			switch k {
 			case "if":
-				e, err := parseExpr(v)
-				if err != nil {
-					return nil, fmt.Errorf("rules: if %q: %v", v, err)
+				if r.cond, err = ParseExpr(v.Value); err != nil {
+					err = fmt.Errorf("if %q: %v", v.Value, err)
 				}
-				r.cond = e
+			case "changes":
+				if v.Kind == yaml.MappingNode {
+					p, ok := lookup(v, "paths")
+					if !ok {
+						return nil, fmt.Errorf("rules: changes: want paths")
+					}
+					v = p
+				}
+				r.changes, err = stringList(v)
+			case "exists":
+				if v.Kind == yaml.MappingNode {
+					if _, ok := lookup(v, "project"); ok {
+						return nil, fmt.Errorf("rules: exists: project needs another GitLab project: berth exec checks this repository only")
+					}
+					p, _ := lookup(v, "paths")
+					v = p
+				}
+				if v == nil {
+					return nil, fmt.Errorf("rules: exists: want paths")
+				}
+				r.exists, err = stringList(v)
 			case "when":
-				if !contains([]string{"on_success", "manual", "always", "never"}, v) {
-					return nil, fmt.Errorf("rules: when %q is not on_success, manual, always or never", v)
+				r.when, err = whenValue(v.Value)
+			case "allow_failure":
+				var af allowFailure
+				if af, err = parseAllowFailure(v); err == nil {
+					r.allowFailure, r.exitCodes = &af.allowed, af.exitCodes
 				}
-				r.when = v
+			case "variables":
+				r.variables, err = variables(v)
+			case "start_in", "needs", "interruptible":
 			default:
-				return nil, fmt.Errorf("rules: berth exec supports if and when, not %q", k)
+				err = fmt.Errorf("berth exec does not know the rules key %q", k)
+			}
+			if err != nil {
+				return nil, fmt.Errorf("rules: %v", err)
 			}
 		}
 		out = append(out, r)
@@ -104,123 +140,192 @@ func parseRules(n *yaml.Node) ([]rule, error) {
 	return out, nil
 }
 
-// Applies says whether the job runs for ref, and how: on_success, manual
-// or always; "" when it does not.
-func (j *CIJob) Applies(ref Ref) string {
-	if j.rules != nil {
-		vars := map[string]string{"CI_COMMIT_REF_NAME": ref.Name}
-		if ref.IsTag {
-			vars["CI_COMMIT_TAG"] = ref.Name
-		} else {
-			vars["CI_COMMIT_BRANCH"] = ref.Name
+func whenValue(s string) (string, error) {
+	switch s {
+	case "on_success", "manual", "always", "never", "on_failure", "delayed":
+		return s, nil
+	}
+	return "", fmt.Errorf("when %q is not on_success, manual, always, on_failure, delayed or never", s)
+}
+
+// firstRule is the first rule whose conditions hold, or nil.
+func (c *Context) firstRule(rs []rule, layers ...[]Var) *rule {
+	vars := c.vars(layers...)
+	for i := range rs {
+		r := &rs[i]
+		if r.cond != nil && !r.cond.Eval(vars) {
+			continue
 		}
-		for _, r := range j.rules {
-			if r.cond.eval(vars) {
-				switch r.when {
-				case "never":
-					return ""
-				case "":
-					return j.When
-				}
-				return r.when
+		if r.changes != nil && !c.anyChanged(r.changes, vars) {
+			continue
+		}
+		if r.exists != nil && !c.anyExists(r.exists, vars) {
+			continue
+		}
+		return r
+	}
+	return nil
+}
+
+// anyChanged says whether the commit changed a file one of the patterns
+// names.
+func (c *Context) anyChanged(patterns []string, vars map[string]string) bool {
+	if c.Changed == nil {
+		return true
+	}
+	for _, p := range patterns {
+		re, err := globRegexp(strings.TrimPrefix(expandWith(p, vars), "/"))
+		if err != nil {
+			continue
+		}
+		for _, f := range c.Changed {
+			if re.MatchString(f) {
+				return true
 			}
 		}
-		return ""
 	}
-	if j.only != nil && !j.only.match(ref) {
-		return ""
-	}
-	if j.except != nil && j.except.match(ref) {
-		return ""
-	}
-	if j.When == "never" {
-		return ""
-	}
-	return j.When
+	return false
 }
 
-// The `if:` expressions berth exec understands: $VAR, $VAR == "x",
-// $VAR != "x", $VAR =~ /re/, $VAR !~ /re/, joined with && and ||, on
-// CI_COMMIT_BRANCH, CI_COMMIT_TAG and CI_COMMIT_REF_NAME.
-type expr interface {
-	eval(vars map[string]string) bool
-}
-
-type always struct{}
-
-func (always) eval(map[string]string) bool { return true }
-
-type or []expr
-type and []expr
-
-func (o or) eval(v map[string]string) bool {
-	for _, e := range o {
-		if e.eval(v) {
+// anyExists says whether the repository has a file one of the patterns
+// names.
+func (c *Context) anyExists(patterns []string, vars map[string]string) bool {
+	l := &loader{repo: c.Repo}
+	for _, p := range patterns {
+		p = strings.TrimPrefix(expandWith(p, vars), "/")
+		if !strings.ContainsAny(p, "*?[{") {
+			if _, err := os.Stat(filepath.Join(c.Repo, p)); err == nil {
+				return true
+			}
+			continue
+		}
+		if m, err := l.glob(p); err == nil && len(m) > 0 {
 			return true
 		}
 	}
 	return false
 }
 
-func (a and) eval(v map[string]string) bool {
-	for _, e := range a {
-		if !e.eval(v) {
+// refFilter is only or except: refs, variables, changes (and
+// kubernetes: active, never true here).
+type refFilter struct {
+	refs       []string
+	exprs      []Expr
+	changes    []string
+	kubernetes bool
+}
+
+// Pipeline sources a ref keyword of only/except names: a local run is a
+// push.
+var refKeywords = map[string]bool{"api": false, "branches": true, "chat": false, "external_pull_requests": false,
+	"merge_requests": false, "pipelines": false, "pushes": true, "schedules": false, "tags": true, "triggers": false, "web": false}
+
+func parseRefFilter(n *yaml.Node) (*refFilter, error) {
+	f := &refFilter{}
+	if n.Kind != yaml.MappingNode {
+		refs, err := stringList(n)
+		f.refs = refs
+		return f, err
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i].Value, n.Content[i+1]
+		var err error
+		switch k {
+		case "refs":
+			f.refs, err = stringList(v)
+		case "variables":
+			var list []string
+			if list, err = stringList(v); err == nil {
+				for _, s := range list {
+					e, perr := ParseExpr(s)
+					if perr != nil {
+						return nil, fmt.Errorf("only/except: variables %q: %v", s, perr)
+					}
+					f.exprs = append(f.exprs, e)
+				}
+			}
+		case "changes":
+			f.changes, err = stringList(v)
+		case "kubernetes":
+			f.kubernetes = true
+		default:
+			err = fmt.Errorf("only/except: berth exec does not know %q", k)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	for _, r := range f.refs {
+		if isRegex(r) {
+			if _, err := regexp.Compile(r[1 : len(r)-1]); err != nil {
+				return nil, fmt.Errorf("only/except: %s: %v", r, err)
+			}
+		}
+	}
+	return f, nil
+}
+
+func isRegex(s string) bool {
+	return len(s) >= 2 && strings.HasPrefix(s, "/") && (strings.HasSuffix(s, "/") || regexLiteral.MatchString(s))
+}
+
+// match says whether every part of the filter holds (only), as GitLab
+// reads only; except reads it the same way and inverts.
+func (f *refFilter) match(c *Context, vars map[string]string) bool {
+	if len(f.refs) > 0 && !f.matchRef(c.Ref) {
+		return false
+	}
+	if len(f.exprs) > 0 {
+		any := false
+		for _, e := range f.exprs {
+			any = any || e.Eval(vars)
+		}
+		if !any {
 			return false
 		}
 	}
-	return true
-}
-
-type compare struct {
-	name, op, value string
-	re              *regexp.Regexp
-}
-
-func (c compare) eval(v map[string]string) bool {
-	val, set := v[c.name]
-	switch c.op {
-	case "":
-		return set && val != ""
-	case "==":
-		return set && val == c.value
-	case "!=":
-		return !set || val != c.value
-	case "=~":
-		return set && c.re.MatchString(val)
-	default: // !~
-		return !set || !c.re.MatchString(val)
+	if f.changes != nil && !c.anyChanged(f.changes, vars) {
+		return false
 	}
+	return !f.kubernetes
 }
 
-var (
-	compareRe = regexp.MustCompile(`^\$(\w+)\s*(?:(==|!=)\s*(?:"([^"]*)"|'([^']*)')|(=~|!~)\s*/(.*)/)?$`)
-	execVars  = map[string]bool{"CI_COMMIT_BRANCH": true, "CI_COMMIT_TAG": true, "CI_COMMIT_REF_NAME": true}
-)
-
-func parseExpr(s string) (expr, error) {
-	var o or
-	for _, part := range strings.Split(s, "||") {
-		var a and
-		for _, term := range strings.Split(part, "&&") {
-			term = strings.TrimSpace(term)
-			m := compareRe.FindStringSubmatch(term)
-			if m == nil {
-				return nil, fmt.Errorf("berth exec understands $VAR, $VAR == \"x\", $VAR != \"x\", $VAR =~ /re/ joined by && and ||, not %q", term)
-			}
-			if !execVars[m[1]] {
-				return nil, fmt.Errorf("berth exec knows only $CI_COMMIT_BRANCH, $CI_COMMIT_TAG and $CI_COMMIT_REF_NAME, not $%s", m[1])
-			}
-			c := compare{name: m[1], op: m[2], value: m[3] + m[4]}
-			if m[5] != "" {
-				re, err := regexp.Compile(m[6])
-				if err != nil {
-					return nil, err
+func (f *refFilter) matchRef(ref Ref) bool {
+	for _, r := range f.refs {
+		if pushes, known := refKeywords[r]; known {
+			switch r {
+			case "branches":
+				if !ref.IsTag {
+					return true
 				}
-				c.op, c.re = m[5], re
+			case "tags":
+				if ref.IsTag {
+					return true
+				}
+			default:
+				if pushes {
+					return true
+				}
 			}
-			a = append(a, c)
+			continue
 		}
-		o = append(o, a)
+		name := r
+		if i := strings.Index(r, "@"); i > 0 && !isRegex(r) { // ref@project: the project is this one
+			name = r[:i]
+		}
+		switch {
+		case name == ref.Name:
+			return true
+		case isRegex(name):
+			m := regexLiteral.FindStringSubmatch(name)
+			pat := m[1]
+			if strings.Contains(m[2], "i") {
+				pat = "(?i)" + pat
+			}
+			if re, err := regexp.Compile(pat); err == nil && re.MatchString(ref.Name) {
+				return true
+			}
+		}
 	}
-	return o, nil
+	return false
 }

@@ -88,9 +88,11 @@ func (d *Driver) sitePorts() ([]proxy.Port, error) {
 	return out, nil
 }
 
-// site is what the environment asks of the proxy, with these backends.
+// site is what the environment asks of the proxy, with these backends;
+// it is named after the container, which is unique on the target where
+// environment names need not be (two berth.toml with a "web" each).
 func (d *Driver) site(ports []proxy.Port, backends, draining []string) proxy.Site {
-	return proxy.Site{Env: d.Env, Ports: ports, Hosts: d.Spec.Hosts, TLS: d.Spec.TLS, Email: d.ProxySpec.Email,
+	return proxy.Site{Env: d.Spec.Name, Ports: ports, Hosts: d.Spec.Hosts, TLS: d.Spec.TLS, Email: d.ProxySpec.Email,
 		Backends: backends, Draining: draining, Grace: d.Spec.DrainTimeout.D()}
 }
 

@@ -22,6 +22,8 @@ import (
 
 // Site is what one environment asks of the proxy.
 type Site struct {
+	// Env names the site in Caddy's config: the environment's container
+	// name, unique on the target.
 	Env string `json:"env"`
 	// Ports are published by the proxy and forwarded to AppPort of the
 	// backends; a port with no HostPort only names the app's port (for
