@@ -525,14 +525,20 @@ func parseAllowFailure(n *yaml.Node) (allowFailure, error) {
 }
 
 func parseNeeds(n *yaml.Node) ([]Need, error) {
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return []Need{}, nil // needs: with nothing: none
+	}
+	if n.Kind == yaml.ScalarNode {
+		n = &yaml.Node{Kind: yaml.SequenceNode, Content: []*yaml.Node{n}}
+	}
 	if n.Kind == yaml.MappingNode { // needs: {pipeline: ...} or a single need
 		n = &yaml.Node{Kind: yaml.SequenceNode, Content: []*yaml.Node{n}}
 	}
 	if n.Kind != yaml.SequenceNode {
 		return nil, fmt.Errorf("want a list of jobs")
 	}
-	var out []Need
-	for _, c := range n.Content {
+	out := []Need{}
+	for _, c := range flatten(n.Content) {
 		nd := Need{Artifacts: true}
 		switch c.Kind {
 		case yaml.ScalarNode:

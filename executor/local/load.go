@@ -260,7 +260,11 @@ func globRegexp(g string) (*regexp.Regexp, error) {
 // filled in.
 func parseDocument(file string, data []byte, inputs map[string]any) (*yaml.Node, error) {
 	// a spec: header is its own document, before the configuration's
-	if parts := docSeparator.Split(string(data), 2); len(parts) == 2 && strings.HasPrefix(strings.TrimSpace(stripComments(parts[0])), "spec:") {
+	text := string(data)
+	if loc := docSeparator.FindStringIndex(text); loc != nil && strings.TrimSpace(stripComments(text[:loc[0]])) == "" {
+		text = text[loc[1]:] // a --- before the first document
+	}
+	if parts := docSeparator.Split(text, 2); len(parts) == 2 && strings.HasPrefix(strings.TrimSpace(stripComments(parts[0])), "spec:") {
 		var header yaml.Node
 		if err := yaml.Unmarshal([]byte(parts[0]), &header); err != nil {
 			return nil, fmt.Errorf("%s: spec: %w", file, err)
@@ -275,7 +279,7 @@ func parseDocument(file string, data []byte, inputs map[string]any) (*yaml.Node,
 		})
 		return parseConfig(file, []byte(body))
 	}
-	return parseConfig(file, data)
+	return parseConfig(file, []byte(text))
 }
 
 var docSeparator = regexp.MustCompile(`(?m)^---[ \t]*$`)
@@ -400,6 +404,9 @@ func (d *doc) references(n *yaml.Node, depth int) (*yaml.Node, error) {
 			return nil, fmt.Errorf("line %d: !reference wants a list of keys", n.Line)
 		}
 		cur, ok := d.nodes[n.Content[0].Value]
+		if ext, err := d.extended(n.Content[0].Value, nil); ok && err == nil {
+			cur = ext // what it names after extends, as GitLab reads it
+		}
 		for _, k := range n.Content[1:] {
 			if !ok || cur.Kind != yaml.MappingNode {
 				break

@@ -138,13 +138,13 @@ func (p *Pipeline) decide(ctx *Context, j *CIJob, wfVars []Var) *Planned {
 	} else {
 		vars := ctx.vars(layers...)
 		only := j.only
-		if only == nil {
+		if only.empty() {
 			only = &refFilter{refs: []string{"branches", "tags"}}
 		}
 		if !only.match(ctx, vars) {
 			return nil
 		}
-		if j.except != nil && j.except.match(ctx, vars) {
+		if !j.except.empty() && j.except.match(ctx, vars) {
 			return nil
 		}
 		if pj.When == "manual" && !j.allowFailureGiven {

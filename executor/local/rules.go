@@ -84,7 +84,7 @@ func parseRules(n *yaml.Node) ([]rule, error) {
 		return nil, fmt.Errorf("rules: want a list")
 	}
 	var out []rule
-	for _, c := range n.Content {
+	for _, c := range flatten(n.Content) {
 		if c.Kind != yaml.MappingNode {
 			return nil, fmt.Errorf("rules: want a list of mappings (if, changes, exists, when, ...)")
 		}
@@ -127,7 +127,7 @@ func parseRules(n *yaml.Node) ([]rule, error) {
 				}
 			case "variables":
 				r.variables, err = variables(v)
-			case "start_in", "needs", "interruptible":
+			case "start_in", "needs", "interruptible", "auto_cancel":
 			default:
 				err = fmt.Errorf("berth exec does not know the rules key %q", k)
 			}
@@ -138,6 +138,20 @@ func parseRules(n *yaml.Node) ([]rule, error) {
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// flatten lifts the items of nested lists, as GitLab does for the lists
+// a !reference brings in.
+func flatten(items []*yaml.Node) []*yaml.Node {
+	var out []*yaml.Node
+	for _, c := range items {
+		if c.Kind == yaml.SequenceNode {
+			out = append(out, flatten(c.Content)...)
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 func whenValue(s string) (string, error) {
@@ -221,6 +235,9 @@ var refKeywords = map[string]bool{"api": false, "branches": true, "chat": false,
 	"merge_requests": false, "pipelines": false, "pushes": true, "schedules": false, "tags": true, "triggers": false, "web": false}
 
 func parseRefFilter(n *yaml.Node) (*refFilter, error) {
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return nil, nil // only: or except: with nothing: no filter
+	}
 	f := &refFilter{}
 	if n.Kind != yaml.MappingNode {
 		refs, err := stringList(n)
@@ -267,6 +284,11 @@ func parseRefFilter(n *yaml.Node) (*refFilter, error) {
 
 func isRegex(s string) bool {
 	return len(s) >= 2 && strings.HasPrefix(s, "/") && (strings.HasSuffix(s, "/") || regexLiteral.MatchString(s))
+}
+
+// empty is a filter that says nothing (except: []).
+func (f *refFilter) empty() bool {
+	return f == nil || len(f.refs) == 0 && len(f.exprs) == 0 && f.changes == nil && !f.kubernetes
 }
 
 // match says whether every part of the filter holds (only), as GitLab
