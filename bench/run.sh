@@ -31,6 +31,7 @@ go test -run '^$' -bench 'Invocation|ComposeHelper' -benchtime 15x -count "$coun
 go test -run '^$' -bench 'TrivialJob|DeployJob' -benchtime 5x -count "$count" ./bench | tee -a "$out"
 go test -run '^$' -bench '^Benchmark(Outage|Release|Rollback)$' -benchtime 5x -count "$count" ./bench | tee -a "$out"
 go test -run '^$' -bench '^BenchmarkProxy' -benchtime 3x -count "$count" ./bench | tee -a "$out"
+go test -run '^$' -bench '^BenchmarkExecPipeline' -benchtime 3x -count "$count" ./bench | tee -a "$out"
 .ci/kube.sh up >/dev/null
 go test -run '^$' -bench 'KubeFailedRollout' -benchtime 3x -count 1 ./bench | tee -a "$out"
 go test -run '^$' -bench 'Fault' -benchtime 1x -count 3 ./bench | tee -a "$out"

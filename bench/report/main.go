@@ -107,7 +107,7 @@ func run(in io.Reader, out io.Writer, title string) error {
 	fmt.Fprintln(out, "|---|---|---:|---:|---:|---|---|")
 	failed := 0
 	for _, row := range order {
-		if strings.HasPrefix(row, "Fault/") || strings.HasPrefix(row, "Proxy") {
+		if strings.HasPrefix(row, "Fault/") || strings.HasPrefix(row, "Proxy") || strings.HasPrefix(row, "ExecPipeline") {
 			continue // tables of their own
 		}
 		berth, bash := median(samples[row]["berth"]), median(samples[row]["bash"])
@@ -134,6 +134,7 @@ func run(in io.Reader, out io.Writer, title string) error {
 	}
 	failed += helperCost(out, samples, order)
 	failed += proxyTable(out, samples, order)
+	execTable(out, samples)
 	failed += faultTable(out, samples, order)
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "What each measure is:")
@@ -276,6 +277,31 @@ func proxyTable(out io.Writer, samples map[string]map[string][]float64, order []
 		fmt.Fprintf(out, "| DeployJob | median-ms | %.1f | %.1f | %s | - | the proxy's checks only (%+.0f ms) | |\n", p, a, cell("DeployJob median-ms", "bash"), p-a)
 	}
 	return failed
+}
+
+// execTable is berth exec's pipeline against itself one job at a time and
+// against the runner job by job.
+func execTable(out io.Writer, samples map[string]map[string][]float64) {
+	row := samples["ExecPipeline median-ms"]
+	if len(row) == 0 {
+		return
+	}
+	j4, j1, runner := median(row["jobs4"]), median(row["jobs1"]), median(row["runner"])
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "### berth exec")
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "Six independent busybox jobs (`echo`, `sleep 1`): `berth exec --jobs 4`, `--jobs 1`, and the same jobs one")
+	fmt.Fprintln(out, "by one through the real gitlab-runner with berth as its executor.")
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "| berth exec --jobs 4 | --jobs 1 | runner, job by job | ratio --jobs 4 / --jobs 1 | ratio --jobs 4 / runner |")
+	fmt.Fprintln(out, "|---:|---:|---:|---:|---:|")
+	ratio := func(a, b float64) string {
+		if b == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", a/b)
+	}
+	fmt.Fprintf(out, "| %.0f ms | %.0f ms | %.0f ms | %s | %s |\n", j4, j1, runner, ratio(j4, j1), ratio(j4, runner))
 }
 
 // costGoals bound what the helper container adds to a job, in ms.

@@ -41,11 +41,14 @@ Operator commands:
   history ENV            list an environment's deployments
   rollback ENV [--to TAG|DIGEST]
                          restore the previous version (or the given one)
-  exec [--ref BRANCH | --tag TAG] [--manual] [JOB...]
+  exec [--ref BRANCH | --tag TAG] [--list] [--working-tree] [--jobs N]
+       [--var KEY=VALUE]... [--manual] [JOB...]
                          run jobs of .gitlab-ci.yml here, as the runner would
   version                print berth's version
   anchor                 hold an environment's ports (run by its NAME-net container)
   helper SOCKET DIR      serve a job's stages (run by its helper container)
+  proxy ...              change the environments' proxy (run in its NAME-ctl container)
+  archive pack|unpack    berth exec's artifacts and caches (run in a job's helper container)
 
 The config file is --config, else $BERTH_CONFIG, else /etc/gitlab-runner/berth.toml,
 else built-in defaults.
