@@ -37,8 +37,16 @@ fi
 # the demo's environments hold ports the tests use
 examples/demo.sh down
 
-# one package at a time: several share the engine and the ports 6000-6103
-go test -count=1 -p 1 -timeout 30m ./...
+# one package at a time: several share the engine and the ports 6000-6103.
+# CI shows only the end of the log, so a failure is repeated there.
+log=$(mktemp)
+if ! go test -count=1 -p 1 -timeout 30m ./... 2>&1 | tee "$log" || grep -qE '^(FAIL|--- FAIL|panic:)' "$log"; then
+	echo "test: FAILED; the failing tests and their last lines:" >&2
+	grep -nE '^(FAIL|--- FAIL|panic:)|^\s+(Error Trace|Error|Messages|Test):' "$log" | tail -n 60 >&2
+	rm -f "$log"
+	exit 1
+fi
+rm -f "$log"
 
 # The benchmarks once each, so they cannot rot; timings are for make bench.
 if [ -z "$skipped" ]; then
