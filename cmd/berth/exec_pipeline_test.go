@@ -45,7 +45,7 @@ fast:
 slow:
   stage: build
   script:
-    - sleep 12
+    - sleep 20
     - echo "slow done at $(date +%s)"
     - mkdir -p out && echo "built slow" > out/slow.txt
   artifacts:
