@@ -51,7 +51,14 @@ rm -f "$log"
 # The benchmarks once each, so they cannot rot; timings are for make bench.
 if [ -z "$skipped" ]; then
 	make build >/dev/null
-	BERTH_BIN=$PWD/bin/berth go test -count=1 -run '^$' -bench . -benchtime 1x ./bench >/dev/null
+	log=$(mktemp)
+	if ! BERTH_BIN=$PWD/bin/berth go test -count=1 -run '^$' -bench . -benchtime 1x ./bench >"$log" 2>&1; then
+		echo "test: FAILED: a benchmark, run once:" >&2
+		grep -vE '^Benchmark' "$log" | tail -n 60 >&2
+		rm -f "$log"
+		exit 1
+	fi
+	rm -f "$log"
 	echo "test: benchmarks ran once each (make bench measures them)"
 fi
 

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -90,17 +91,36 @@ func (f *faultEnv) deploy(b *testing.B, ref string) {
 	must(b, c.Wait())
 }
 
-// pausedPID waits for berth to reach its pause.
+// pausedPID waits for berth to reach its pause; if the job ends first, it
+// fails with the end of the job's log, which says why.
 func pausedPID(b *testing.B, file string) int {
+	out := strings.TrimSuffix(file, ".paused") + ".out"
 	for end := time.Now().Add(90 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
 		if data, err := os.ReadFile(file); err == nil {
 			if pid, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil {
 				return pid
 			}
 		}
+		if _, err := os.Stat(filepath.Join(out, "result.json")); err == nil {
+			b.Fatalf("the job ended before berth reached its pause:\n%s", jobLogTail(out))
+		}
 	}
 	b.Fatal("berth never reached its pause")
 	return 0
+}
+
+// jobLogTail is the end of the job log in a run-job.sh result.
+func jobLogTail(out string) string {
+	data, err := os.ReadFile(filepath.Join(out, "result.json"))
+	if err != nil {
+		return err.Error()
+	}
+	var res struct{ Trace string }
+	if err := json.Unmarshal(data, &res); err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(res.Trace, "\n")
+	return strings.Join(lines[max(0, len(lines)-30):], "\n")
 }
 
 // servesAgain reports how long after the fault url answers "app ...", and

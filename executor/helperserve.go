@@ -56,7 +56,12 @@ func HelperSocket(jobDir string) string { return filepath.Join(HelperSocketDir(j
 func ServeHelper(ctx context.Context, socket, dir string) error {
 	linkRunnerHelper()
 	_ = os.Remove(socket) // a restarted container's stale socket
-	l, err := net.Listen("unix", socket)
+	addr, done, err := socketAddr(socket)
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("unix", addr)
+	done()
 	if err != nil {
 		return err
 	}
@@ -168,7 +173,10 @@ func (e *Executor) runViaHelper(ctx context.Context, script io.Reader, stage str
 	if err != nil {
 		return failure.Systemf("read stage script: %w", err)
 	}
-	sock := HelperSocket(JobDir(e.Settings, e.Job))
+	sock, closeDir, err := socketAddr(HelperSocket(JobDir(e.Settings, e.Job)))
+	if err != nil {
+		return failure.Systemf("reach the helper container for %s: %w", stage, err)
+	}
 	var c net.Conn
 	for attempt := 0; ; attempt++ { // a helper that has just started may not listen yet
 		if c, err = net.Dial("unix", sock); err == nil || attempt == 50 {
@@ -176,6 +184,7 @@ func (e *Executor) runViaHelper(ctx context.Context, script io.Reader, stage str
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	closeDir()
 	if err != nil {
 		return failure.Systemf("reach the helper container for %s: %w (was prepare run, or the container removed?)", stage, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,8 +21,12 @@ import (
 // helperServer serves stages as `berth helper` does in the helper
 // container, here in the test's process, and an executor that sends them.
 func helperServer(t *testing.T) (*Executor, *bytes.Buffer, *bytes.Buffer) {
+	return helperServerIn(t, t.TempDir())
+}
+
+func helperServerIn(t *testing.T, buildsDir string) (*Executor, *bytes.Buffer, *bytes.Buffer) {
 	s := settings.Defaults()
-	s.BuildsDir = t.TempDir()
+	s.BuildsDir = buildsDir
 	s.Job.StopGrace = settings.Duration(2 * time.Second)
 	job := NewJob(&api.JobResponse{ID: 7})
 	dir := JobDir(&s, job)
@@ -35,6 +40,16 @@ func helperServer(t *testing.T) (*Executor, *bytes.Buffer, *bytes.Buffer) {
 	e := New(nil, &s, job, &log, l, "test")
 	e.ScriptOut, e.ScriptErr = &out, &errOut
 	return e, &out, &errOut
+}
+
+// A socket path longer than a unix address holds (a deep builds_dir) is
+// reached through its directory's descriptor, on both sides.
+func TestHelperServesInADeepBuildsDir(t *testing.T) {
+	deep := filepath.Join(t.TempDir(), strings.Repeat("a-long-directory-name/", 5))
+	e, out, _ := helperServerIn(t, deep)
+	require.Greater(t, len(HelperSocket(JobDir(e.Settings, e.Job))), maxSocketPath)
+	require.NoError(t, e.runViaHelper(context.Background(), strings.NewReader("echo deep"), "get_sources"))
+	assert.Equal(t, "deep\n", out.String())
 }
 
 func TestHelperServesStages(t *testing.T) {
