@@ -296,3 +296,30 @@ func TestProxyReleaseCommand(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, left, "no one-off container is left")
 }
+
+// An environment that served from its anchor moves to the proxy: the new
+// version's health is asked from the proxy's side before the anchor lets
+// go of the port, and the proxy then publishes it.
+func TestProxyTakesOverFromTheAnchor(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("px")
+	px := proxySpec(t, c, 18085, 18445)
+	d, out := proxiedDriver(t, c, px, 16025)
+	url := "http://127.0.0.1:16025/"
+
+	d.Spec.PortsOn = settings.PortsOnAnchor
+	d.Spec.HealthURL = url + "health" // the anchor's check goes through the published port
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "v1", true)), out.String())
+	assert.Equal(t, "app v1", get(t, url))
+
+	d.Spec.PortsOn = settings.PortsOnProxy
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "v2", true)), out.String())
+	assert.Equal(t, "app v2", get(t, url))
+	_, err := c.ContainerInspect(ctx, AnchorName(d.Spec.Name))
+	assert.True(t, client.IsErrNotFound(err), "the anchor is gone")
+
+	// and on from there, as any proxied environment
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "v3", true)), out.String())
+	assert.Equal(t, "app v3", get(t, url))
+}

@@ -64,6 +64,12 @@ func (f *fakeRouter) Apply(_ context.Context, s proxy.Site) error {
 func (f *fakeRouter) Drained(context.Context, []string, time.Duration) error { return f.err("drained") }
 
 func (f *fakeRouter) Probe(_ context.Context, url string, _ bool, _ time.Duration) error {
+	f.mu.Lock()
+	ensured := f.ensured
+	f.mu.Unlock()
+	if ensured == 0 { // the probe runs in the proxy's ctl container
+		return errors.New("no such container: the proxy's ctl")
+	}
 	alias := strings.TrimPrefix(url, "http://")
 	alias = alias[:strings.Index(alias, ":")]
 	for _, n := range f.eng.Names() {
@@ -313,7 +319,10 @@ func TestProxyFakeMovesFromTheAnchor(t *testing.T) {
 	_, hasAnchor := eng.Get(AnchorName("web"))
 	require.True(t, hasAnchor)
 
+	// from here the health check is asked from the proxy's side, which
+	// must run before the anchor lets go of the ports
 	d.Spec.PortsOn = settings.PortsOnProxy
+	d.Spec.HealthURL, d.Spec.HealthCmd = "http://localhost/health", nil
 	require.NoError(t, d.Deploy(ctx, release("v2")), out.String())
 	assert.Contains(t, out.String(), "moving to the proxy")
 	_, hasAnchor = eng.Get(AnchorName("web"))
@@ -324,7 +333,6 @@ func TestProxyFakeMovesFromTheAnchor(t *testing.T) {
 	// a hand-made container with its own port: adopted, moved the same way
 	d2, eng2, rt2, out2 := proxyFake(t)
 	d2.Spec.Ports = nil
-	d2.Spec.HealthURL, d2.Spec.HealthCmd = "", []string{"true"}
 	eng2.AddImage("app:hand")
 	made, err := eng2.ContainerCreate(ctx, containerConfig("app:hand"), hostWithPort("6000"), nil, nil, "web")
 	require.NoError(t, err)

@@ -329,6 +329,11 @@ func (p *proxySwitchPlan) steps() []driver.Step {
 	steps := []driver.Step{{Name: "network", Do: p.rt.Network}}
 	if !p.migrating {
 		steps = append(steps, driver.Step{Name: "proxy", Do: func(ctx context.Context) error { return p.rt.Ensure(ctx, d.site(p.ports, nil, nil)) }})
+	} else {
+		// the ports are still held by what serves: the proxy runs without
+		// them for now, so that the new replicas' health is asked from its
+		// side; it publishes them once they are free
+		steps = append(steps, driver.Step{Name: "proxy", Do: func(ctx context.Context) error { return p.rt.Ensure(ctx, proxy.Site{Env: d.Spec.Name}) }})
 	}
 	if len(d.Spec.ReleaseCommand) > 0 && p.kind == "deploy" {
 		steps = append(steps, driver.Step{Name: "release-command", Do: p.releaseCommand})
