@@ -155,3 +155,40 @@ func TestClearAsRootEmptiesTheBuildsDir(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, entries)
 }
+
+// A native stage's helper has no job container to join: it is on the
+// shared helpers network, which no job's cleanup removes, and where one
+// job's helper cannot reach another's.
+func TestNativeHelpersShareANetworkButCannotReachEachOther(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	native := func(context.Context) error { return nil }
+	base := time.Now().UnixNano() % 1e9
+	a, _ := testExecutor(t, c, testJob(base, "busybox:local"))
+	b, _ := testExecutor(t, c, testJob(base+1, "busybox:local"))
+	a.Native, b.Native = native, native
+	defer func() { _, _ = a.Cleanup(ctx), b.Cleanup(ctx) }()
+	require.NoError(t, a.Prepare(ctx))
+	require.NoError(t, b.Prepare(ctx))
+
+	nw, err := c.NetworkInspect(ctx, HelpersNetwork, network.InspectOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, "false", nw.Options["com.docker.network.bridge.enable_icc"])
+	ins, err := c.ContainerInspect(ctx, HelperName(b.Job))
+	require.NoError(t, err)
+	require.Contains(t, ins.NetworkSettings.Networks, HelpersNetwork)
+	ip, gw := ins.NetworkSettings.Networks[HelpersNetwork].IPAddress, ins.NetworkSettings.Networks[HelpersNetwork].Gateway
+	code, err := a.execWait(ctx, HelperName(a.Job), []string{"sh", "-c", "ping -c 1 -W 1 " + gw})
+	require.NoError(t, err)
+	require.Zero(t, code, "the helper reaches its gateway (GitLab's way out)")
+	code, err = a.execWait(ctx, HelperName(a.Job), []string{"sh", "-c", "ping -c 1 -W 1 " + ip})
+	require.NoError(t, err)
+	assert.NotZero(t, code, "helper a reached helper b at %s", ip)
+
+	require.NoError(t, a.Cleanup(ctx))
+	_, err = c.NetworkInspect(ctx, HelpersNetwork, network.InspectOptions{})
+	assert.NoError(t, err, "the shared network stays")
+	nc, nn := jobLeftovers(t, c, a)
+	assert.Zero(t, nc)
+	assert.Zero(t, nn)
+}

@@ -65,12 +65,16 @@ func (e *Executor) Prepare(ctx context.Context) error {
 	}
 	pullTook := since(t)
 
-	if err := e.createNetwork(ctx); err != nil {
-		return err
-	}
 	if !needsContainer {
 		t = e.Now()
-		id, err := e.createHelper(ctx, NetworkName(e.Job))
+		net := e.Settings.Job.HelperNetwork
+		if net == "" {
+			net = HelpersNetwork
+			if err := e.ensureHelpersNetwork(ctx); err != nil {
+				return err
+			}
+		}
+		id, err := e.createHelper(ctx, net)
 		if err == nil {
 			err = e.startHelper(ctx, id)
 		}
@@ -79,6 +83,9 @@ func (e *Executor) Prepare(ctx context.Context) error {
 		}
 		e.stepf("native stage without after_script: no job container needed; helper started (%s)", since(t))
 		return nil
+	}
+	if err := e.createNetwork(ctx); err != nil {
+		return err
 	}
 	t = e.Now()
 	var started []serviceRef
@@ -146,6 +153,19 @@ func (e *Executor) createNetwork(ctx context.Context) error {
 	_, err := e.Engine.NetworkCreate(ctx, name, network.CreateOptions{Driver: "bridge", Labels: e.labels(RoleJob)})
 	if err != nil && !errdefs.IsConflict(err) { // a retried prepare finds its own network
 		return failure.Systemf("create network %s: %w", name, err)
+	}
+	return nil
+}
+
+// ensureHelpersNetwork makes HelpersNetwork unless it is there (the
+// engine refuses a second network of the name). Jobs share it; cleanup and
+// sweep leave it, as they only remove what carries a job's label.
+func (e *Executor) ensureHelpersNetwork(ctx context.Context) error {
+	_, err := e.Engine.NetworkCreate(ctx, HelpersNetwork, network.CreateOptions{Driver: "bridge",
+		Options: map[string]string{"com.docker.network.bridge.enable_icc": "false"},
+		Labels:  map[string]string{LabelRole: RoleHelpers, LabelVersion: e.Version}})
+	if err != nil && !errdefs.IsConflict(err) {
+		return failure.Systemf("create network %s for the helpers of native stages: %w", HelpersNetwork, err)
 	}
 	return nil
 }

@@ -345,6 +345,14 @@ func helperCost(out io.Writer, samples map[string]map[string][]float64, order []
 		}
 		fmt.Fprintf(out, "| %s | %s | %.1f | %.1f | %+.1f | %s | %s |\n", measure, unit, now, before, now-before, goalText, met)
 	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "Why: a test job had a container before and only gains its helper beside it, which shares the job")
+	fmt.Fprintln(out, "container's network namespace. A native deploy job had none: its helper is a whole container lifecycle")
+	fmt.Fprintln(out, "on this engine (dockerd 20.10, 2 cores), measured here at about 20 ms to create, 300-400 ms to start")
+	fmt.Fprintln(out, "(runc, and an endpoint on a user-defined network with its DNS) and 100-150 ms to remove, plus a few ms")
+	fmt.Fprintln(out, "a stage through its socket. The network of its own per job that it had first cost another ~0.3 s")
+	fmt.Fprintln(out, "(made, first endpoint, removed); native helpers now share `berth-helpers`, whose containers cannot")
+	fmt.Fprintln(out, "reach each other. The rest is the price of running the job's hooks and git in a container, not on the host.")
 	return failed
 }
 
