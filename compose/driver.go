@@ -283,11 +283,7 @@ func (d *Driver) Rollback(ctx context.Context, to, by string) (driver.Record, er
 	}
 	i, ok := driver.ChooseEntry(led.Entries, cur.Image, to)
 	if !ok {
-		what := "an earlier version"
-		if to != "" {
-			what = to
-		}
-		return driver.Record{}, failure.Buildf("the history of %s holds no %s to roll back to (berth history %s lists it): deploy it instead", d.Env, what, d.Env)
+		return driver.Record{}, driver.NoRollback(d.Env, to, "an earlier version")
 	}
 	chosen := led.Entries[i]
 	if err := target.PullOnTarget(ctx, d.Engine, d.Creds, d.Out, chosen.Image); err != nil {

@@ -208,11 +208,7 @@ func (d *Driver) proxyRollback(ctx context.Context, to, by string) (driver.Recor
 	serving, _ := led.Serving()
 	i, ok := driver.ChooseEntry(led.Entries, serving.Image, to)
 	if !ok {
-		what := "a previous version"
-		if to != "" {
-			what = to
-		}
-		return driver.Record{}, failure.Buildf("the history of %s holds no %s to roll back to (berth history %s lists it): deploy it instead", d.Env, what, d.Env)
+		return driver.Record{}, driver.NoRollback(d.Env, to, "a previous version")
 	}
 	e := led.Entries[i]
 	r := driver.Release{Env: d.Env, Image: e.Image, Digest: e.Digest, Tag: e.Tag, Ref: e.Ref, Sha: e.Sha, Pipeline: e.Pipeline,

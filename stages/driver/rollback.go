@@ -1,6 +1,10 @@
 package driver
 
-import "strings"
+import (
+	"strings"
+
+	"github.com/berthci/berth/executor/failure"
+)
 
 // RollbackCandidate is a version a rollback may return to.
 type RollbackCandidate struct {
@@ -42,4 +46,13 @@ func ChooseEntry(entries []Entry, serving, to string) (int, bool) {
 		cands[i] = e.Candidate(serving)
 	}
 	return ChooseRollback(cands, to)
+}
+
+// NoRollback is the error of a rollback that found nothing to return to:
+// to when one was asked for, else what (the default, "a previous version").
+func NoRollback(env, to, what string) error {
+	if to != "" {
+		what = to
+	}
+	return failure.Buildf("the history of %s holds no %s to roll back to (berth history %s lists it): deploy it instead", env, what, env)
 }
