@@ -23,7 +23,7 @@ import (
 // possibly with more metrics ("12 failed", "1 same-digest").
 var (
 	line   = regexp.MustCompile(`^(Benchmark\S+?)(?:-\d+)?\s+\d+\s+\d+ ns/op(.*)$`)
-	metric = regexp.MustCompile(`([\d.]+) ([a-z][a-z-]*)`)
+	metric = regexp.MustCompile(`([\d.]+) ([a-z][a-z0-9-]*)`)
 )
 
 // goal is what a measure must meet: an absolute bound for berth, or a
