@@ -69,7 +69,7 @@ func TestE2EGitlabEnvPathHijackStaysInTheContainer(t *testing.T) {
 
 // A job's container sees its own project's cache dir only, and protected
 // refs keep theirs apart.
-func TestE2ECachesAreThePojectsOwn(t *testing.T) {
+func TestE2ECachesAreTheProjectsOwn(t *testing.T) {
 	r := needRig(t)
 	repo := gitRepo(t)
 	toml := writeTOML(t, defaultTOML)
