@@ -61,7 +61,15 @@ func (f *fakeRouter) Apply(_ context.Context, s proxy.Site) error {
 	return nil
 }
 
-func (f *fakeRouter) Drained(context.Context, []string, time.Duration) error { return f.err("drained") }
+func (f *fakeRouter) Switch(ctx context.Context, s proxy.Site, _ []string, _ time.Duration) (string, error) {
+	if err := f.Apply(ctx, s); err != nil {
+		return "", err
+	}
+	if err := f.err("drained"); err != nil {
+		return err.Error(), nil // a drain that did not end is a warning
+	}
+	return "", nil
+}
 
 func (f *fakeRouter) Probe(_ context.Context, url string, _ bool, _ time.Duration) error {
 	f.mu.Lock()

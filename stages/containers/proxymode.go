@@ -38,7 +38,9 @@ type Router interface {
 	Network(ctx context.Context) error
 	Ensure(ctx context.Context, site proxy.Site) error
 	Apply(ctx context.Context, site proxy.Site) error
-	Drained(ctx context.Context, addrs []string, timeout time.Duration) error
+	// Switch applies site, then waits up to timeout for drain's requests in
+	// flight; a drain that did not end is the warning it returns.
+	Switch(ctx context.Context, site proxy.Site, drain []string, timeout time.Duration) (string, error)
 	Probe(ctx context.Context, url string, any bool, timeout time.Duration) error
 }
 
@@ -349,7 +351,7 @@ func (p *proxySwitchPlan) steps() []driver.Step {
 			continue // traffic moves once every new replica is up
 		}
 		steps = append(steps,
-			driver.Step{Name: fmt.Sprintf("route-%d", i), Do: func(ctx context.Context) error { return p.route(ctx, i) },
+			driver.Step{Name: fmt.Sprintf("route-%d", i), Do: func(ctx context.Context) error { return p.switchTo(ctx, i) },
 				Undo: func(ctx context.Context) error { return p.route(ctx, i-1) }},
 			driver.Step{Name: fmt.Sprintf("stop-old-%d", i), Do: func(ctx context.Context) error { return p.stopOld(ctx, i) },
 				Undo: func(ctx context.Context) error { return p.startOld(ctx, i) }})
@@ -398,6 +400,30 @@ func (p *proxySwitchPlan) route(ctx context.Context, i int) error {
 	}
 	if i > 0 && i <= len(p.news) {
 		joblog.Step(p.d.Out, "%s: %s takes traffic (%d of %d)", p.d.Env, replicaName(p.d.Spec.Name, i), i, p.d.Spec.Replicas)
+	}
+	return nil
+}
+
+// switchTo is route to step i, then the wait for the requests in flight
+// to the replicas it takes out (up to drain_timeout), in one call.
+func (p *proxySwitchPlan) switchTo(ctx context.Context, i int) error {
+	live, draining := p.backends(i)
+	if len(live) == 0 {
+		live = aliases(p.old)
+	}
+	var addrs []string
+	for _, a := range draining {
+		for _, pt := range p.ports {
+			addrs = append(addrs, proxy.Upstream(a, pt.AppPort))
+		}
+	}
+	warn, err := p.rt.Switch(ctx, p.d.site(p.ports, live, draining), addrs, p.d.Spec.DrainTimeout.D())
+	if err != nil {
+		return failure.Systemf("%s: move traffic on the proxy: %w", p.d.Env, err)
+	}
+	joblog.Step(p.d.Out, "%s: %s takes traffic (%d of %d)", p.d.Env, replicaName(p.d.Spec.Name, i), i, p.d.Spec.Replicas)
+	if warn != "" {
+		joblog.Warn(p.d.Out, "%s: requests still in flight after drain_timeout %s: %s", p.d.Env, p.d.Spec.DrainTimeout.D(), warn)
 	}
 	return nil
 }
@@ -501,20 +527,10 @@ func (p *proxySwitchPlan) health(ctx context.Context, nr replica) error {
 	return nil
 }
 
-// stopOld waits for the requests in flight to old replica i (and, at the
-// last step, to those beyond the new count), then stops them.
+// stopOld stops old replica i (and, at the last step, those beyond the
+// new count), whose requests in flight switchTo waited for.
 func (p *proxySwitchPlan) stopOld(ctx context.Context, i int) error {
 	d := p.d
-	_, draining := p.backends(i)
-	var addrs []string
-	for _, a := range draining {
-		for _, pt := range p.ports {
-			addrs = append(addrs, proxy.Upstream(a, pt.AppPort))
-		}
-	}
-	if err := p.rt.Drained(ctx, addrs, d.Spec.DrainTimeout.D()); err != nil {
-		joblog.Warn(d.Out, "%s: requests still in flight after drain_timeout %s: %v", d.Env, d.Spec.DrainTimeout.D(), err)
-	}
 	for k, o := range p.old {
 		if k == i-1 || (i == d.Spec.Replicas && k >= i-1) {
 			if err := d.stop(ctx, o.id); err != nil {

@@ -18,13 +18,17 @@ import (
 // localhost there and nowhere else, and the apps' containers are reachable
 // by their aliases on the proxy's network, as Caddy reaches them.
 const (
-	CtlApply   = "apply"   // stdin: a Site; puts it into Caddy's config
+	CtlApply   = "apply"   // [TIMEOUT ADDR...], stdin: a Site; puts it into Caddy's config, then waits as drained does
 	CtlRemove  = "remove"  // ENV: takes its site out
 	CtlDrained = "drained" // TIMEOUT ADDR...: waits until Caddy has no request in flight to them
 	CtlProbe   = "probe"   // TIMEOUT URL [any]: waits until the URL answers 2xx or 3xx (any: below 500)
 	CtlReady   = "ready"   // TIMEOUT: waits until the admin API answers
 	CtlSites   = "sites"   // lists the environments with a site
 )
+
+// StillInFlight starts the line `apply` prints when the drain it waited
+// for did not end in time.
+const StillInFlight = "still in flight: "
 
 // AdminURL is Caddy's admin API in the proxy's network namespace.
 const AdminURL = "http://localhost:2019"
@@ -42,7 +46,21 @@ func Ctl(ctx context.Context, admin string, args []string, stdin io.Reader, out 
 		if err := json.NewDecoder(stdin).Decode(&site); err != nil {
 			return fmt.Errorf("read the site on stdin: %w", err)
 		}
-		return update(ctx, c, admin, func(cfg map[string]any) error { return Apply(cfg, site) })
+		if err := update(ctx, c, admin, func(cfg map[string]any) error { return Apply(cfg, site) }); err != nil {
+			return err
+		}
+		if len(rest) == 0 {
+			return nil
+		}
+		timeout, err := durationArg(rest)
+		if err != nil {
+			return err
+		}
+		// the switch is made: requests still in flight are a warning
+		if err := drained(ctx, c, admin, timeout, rest[1:]); err != nil {
+			fmt.Fprintf(out, "%s%v\n", StillInFlight, err)
+		}
+		return nil
 	case CtlRemove:
 		if len(rest) != 1 {
 			return errors.New("usage: berth proxy remove ENV")
