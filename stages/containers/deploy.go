@@ -251,10 +251,24 @@ func (p *deployment) finish(ctx context.Context, err error) error {
 	if p.kept && sw.To != "" {
 		p.led.Push(driver.EntryOf(r, sw.To, driver.ResultFailed), "")
 	}
-	if se.UndoErr == nil {
-		p.led.Switch = nil
+	var unhealthy func() error
+	if se.Step == "start-new" && p.healthErr != nil {
+		unhealthy = func() error {
+			logs := d.lastLogs(ctx, sw.To, 10)
+			return failure.Buildf("the new %s (%s) did not become healthy: %v; %s.%s", p.name, r.Tag, p.healthErr, back, logs)
+		}
 	}
-	if werr := d.store().Write(ctx, p.led); werr != nil {
+	return d.switchFailed(ctx, &p.led, se, back, unhealthy)
+}
+
+// switchFailed records how a failed switch ended (its journal cleared
+// when everything was put back) and is the job's error for it; unhealthy,
+// when set, is the error of a release that never became healthy.
+func (d *Driver) switchFailed(ctx context.Context, led *target.Ledger, se *driver.StepError, back string, unhealthy func() error) error {
+	if se.UndoErr == nil {
+		led.Switch = nil
+	}
+	if werr := d.store().Write(ctx, *led); werr != nil {
 		joblog.Warn(d.Out, "%v", werr)
 	}
 	switch {
@@ -262,10 +276,9 @@ func (p *deployment) finish(ctx context.Context, err error) error {
 		return failure.Systemf("%v; putting the previous version back failed too (%v): the next deploy, berth rollback %s or this job's cleanup finishes it", se.Err, se.UndoErr, d.Env)
 	case se.Cancelled:
 		return failure.Buildf("%v: %s", se.Err, back)
-	case se.Step == "start-new" && p.healthErr != nil:
-		logs := d.lastLogs(ctx, sw.To, 10)
-		return failure.Buildf("the new %s (%s) did not become healthy: %v; %s.%s", p.name, r.Tag, p.healthErr, back, logs)
+	case unhealthy != nil:
+		return unhealthy()
 	default:
-		return wrapClass(se.Err, "%v; "+back, se.Err)
+		return wrapClass(se.Err, "%v; %s", se.Err, back)
 	}
 }

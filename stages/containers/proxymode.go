@@ -680,22 +680,13 @@ func (p *proxySwitchPlan) finish(ctx context.Context, err error, replaced string
 		_ = d.renameTo(cctx, p.failedID, keptName(d.Spec.Name, p.failedID, "failed"))
 		p.led.Push(driver.EntryOf(p.r, p.failedID, driver.ResultFailed), "")
 	}
-	if se.UndoErr == nil {
-		p.led.Switch = nil
+	var unhealthy func() error
+	if p.healthErr != nil && strings.HasPrefix(se.Step, "start-") {
+		unhealthy = func() error {
+			return failure.Buildf("the new %s (%s) did not become healthy: %v; it never got a request, %s.%s", d.Spec.Name, p.r.Tag, p.healthErr, back, d.lastLogs(ctx, p.failedID, 10))
+		}
 	}
-	if werr := d.store().Write(cctx, p.led); werr != nil {
-		joblog.Warn(d.Out, "%v", werr)
-	}
-	switch {
-	case se.UndoErr != nil:
-		return failure.Systemf("%v; putting the previous version back failed too (%v): the next deploy, berth rollback %s or this job's cleanup finishes it", se.Err, se.UndoErr, d.Env)
-	case se.Cancelled:
-		return failure.Buildf("%v: %s", se.Err, back)
-	case p.healthErr != nil && strings.HasPrefix(se.Step, "start-"):
-		return failure.Buildf("the new %s (%s) did not become healthy: %v; it never got a request, %s.%s", d.Spec.Name, p.r.Tag, p.healthErr, back, d.lastLogs(ctx, p.failedID, 10))
-	default:
-		return wrapClass(se.Err, "%v; %s", se.Err, back)
-	}
+	return d.switchFailed(cctx, &p.led, se, back, unhealthy)
 }
 
 // recoverProxy finishes a switch behind the proxy that a killed berth left:
