@@ -406,6 +406,16 @@ ports_on = %q
 	pausedPID(t, file)
 	out, err := exec.Command(filepath.Join(repoRoot(), ".ci", "rig.sh"), "engine-restart").CombinedOutput()
 	require.NoError(t, err, string(out))
+	if portsOn == "proxy" {
+		// dockerd starts the proxy and its ctl at once, and the ctl, which
+		// joins the proxy's network namespace, stays stopped when it comes
+		// first: make that so every time
+		ctls, err := r.docker.ContainerList(context.Background(), container.ListOptions{Filters: filters.NewArgs(filters.Arg("label", "berth.role=proxy-ctl"))})
+		require.NoError(t, err)
+		for _, c := range ctls {
+			require.NoError(t, r.docker.ContainerStop(context.Background(), c.ID, container.StopOptions{}))
+		}
+	}
 	require.NoError(t, os.Remove(file)) // go on
 	res = job.finish(t)
 	var got string

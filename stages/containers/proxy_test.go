@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -322,4 +323,37 @@ func TestProxyTakesOverFromTheAnchor(t *testing.T) {
 	// and on from there, as any proxied environment
 	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "v3", true)), out.String())
 	assert.Equal(t, "app v3", get(t, url))
+}
+
+// A switch behind the proxy killed at its route step, and then NAME-ctl
+// stopped (dockerd, restarting, starts the proxy and NAME-ctl at once,
+// and NAME-ctl fails when it comes first): the next deploy starts NAME-ctl
+// again, puts the killed switch right and deploys.
+func TestProxyNextDeployStartsTheCtlAgain(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("px")
+	px := proxySpec(t, c, 18086, 18448)
+	d, out := proxiedDriver(t, c, px, 16026)
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "v1", true)), out.String())
+
+	killed := make(chan struct{})
+	killer := *d
+	killer.Pause = func(ctx context.Context, s string) {
+		if s == "deploy:route-1" {
+			close(killed)
+			runtime.Goexit()
+		}
+	}
+	rel := appImage(t, c, repo, "latest", "killed", true)
+	go func() { _ = killer.Deploy(ctx, rel) }()
+	<-killed
+	require.NoError(t, c.ContainerStop(ctx, px.Name+"-ctl", container.StopOptions{}))
+
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "v3", true)), out.String())
+	assert.Contains(t, out.String(), "did not finish: putting it right first")
+	assert.Equal(t, "app v3", get(t, "http://127.0.0.1:16026/"))
+	led, err := d.ledger(ctx)
+	require.NoError(t, err)
+	assert.Nil(t, led.Switch)
 }

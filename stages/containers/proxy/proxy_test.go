@@ -265,6 +265,19 @@ func TestStackCommandsRunInCtl(t *testing.T) {
 	require.NoError(t, s.Probe(ctx, "http://a:5000/", true, time.Second))
 	eng.Healthy = func(string) bool { return false } // the ctl command fails
 	assert.Error(t, s.Probe(ctx, "http://a:5000/", false, time.Second))
+
+	// dockerd restarted and did not start the ctl again, or neither
+	eng.Healthy = nil
 	eng.Kill("berth-proxy-ctl", 0)
-	assert.ErrorContains(t, s.Apply(ctx, Site{Env: "web"}), "berth-proxy-ctl")
+	require.NoError(t, s.Apply(ctx, Site{Env: "web"}))
+	eng.Kill("berth-proxy-ctl", 0)
+	eng.Kill("berth-proxy", 0)
+	require.NoError(t, s.Apply(ctx, Site{Env: "web"}))
+	assert.Equal(t, []string{"berth-proxy", "berth-proxy-ctl"}, eng.Running())
+	// a proxy the operator runs is not started by berth
+	eng.Kill("berth-proxy-ctl", 0)
+	eng.Kill("berth-proxy", 0)
+	s.Spec.Manage = false
+	assert.ErrorContains(t, s.Apply(ctx, Site{Env: "web"}), "the proxy berth-proxy does not run: start it")
+	assert.Empty(t, eng.Running())
 }

@@ -77,7 +77,7 @@ func (s *Stack) Ensure(ctx context.Context, site Site) error {
 	if err != nil || !changed && !ctlChanged {
 		return err // both ran already: Caddy answers
 	}
-	_, err = s.Run(ctx, nil, CtlReady, "15s")
+	_, err = s.exec(ctx, nil, []string{CtlReady, "15s"})
 	return err
 }
 
@@ -297,8 +297,19 @@ func (s *Stack) Probe(ctx context.Context, url string, any bool, timeout time.Du
 }
 
 // Run runs `berth proxy ARGS` in NAME-ctl with stdin; its output, or an
-// error with what it printed.
+// error with what it printed. A stopped NAME-ctl is started first.
 func (s *Stack) Run(ctx context.Context, stdin []byte, args ...string) (string, error) {
+	out, err := s.exec(ctx, stdin, args)
+	if !errdefs.IsConflict(err) { // anything but "not running"
+		return out, err
+	}
+	if err := s.revive(ctx); err != nil {
+		return "", err
+	}
+	return s.exec(ctx, stdin, args)
+}
+
+func (s *Stack) exec(ctx context.Context, stdin []byte, args []string) (string, error) {
 	name := s.ctlName()
 	ex, err := s.Engine.ContainerExecCreate(ctx, name, container.ExecOptions{Cmd: append([]string{"/berth", "proxy"}, args...),
 		AttachStdin: stdin != nil, AttachStdout: true, AttachStderr: true})
@@ -326,4 +337,29 @@ func (s *Stack) Run(ctx context.Context, stdin []byte, args ...string) (string, 
 		return stdout.String(), fmt.Errorf("%s", strings.TrimSpace(strings.TrimPrefix(stderr.String(), "berth: ")))
 	}
 	return stdout.String(), nil
+}
+
+// revive starts the proxy and NAME-ctl again when they are stopped. After
+// its own restart dockerd starts both, but all at once: NAME-ctl, which
+// joins the proxy's network namespace, fails when it comes first, and
+// dockerd does not try it again.
+func (s *Stack) revive(ctx context.Context) error {
+	name := s.Spec.Name
+	px, err := s.Engine.ContainerInspect(ctx, name)
+	if err != nil {
+		return failure.Systemf("the proxy %s: %w", name, err)
+	}
+	if !px.State.Running {
+		if !s.Spec.Manage {
+			return failure.Systemf("the proxy %s does not run: start it", name)
+		}
+		if err := s.Engine.ContainerStart(ctx, px.ID, container.StartOptions{}); err != nil {
+			return failure.Systemf("start the proxy %s: %w", name, err)
+		}
+	}
+	if _, err := s.ctl(ctx, px.ID); err != nil {
+		return err
+	}
+	_, err = s.exec(ctx, nil, []string{CtlReady, "15s"})
+	return err
 }
