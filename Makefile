@@ -29,6 +29,8 @@ cover:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@# the message table is generated: fail early, not after the e2e tests
+	$(GO) test ./cmd/berth -short -count=1 -run TestTroubleshootingListsEveryMessage
 
 rig:
 	.ci/rig.sh up

@@ -347,7 +347,7 @@ func (s *Stack) revive(ctx context.Context) error {
 	name := s.Spec.Name
 	px, err := s.Engine.ContainerInspect(ctx, name)
 	if err != nil {
-		return failure.Systemf("the proxy %s: %w", name, err)
+		return failure.Systemf("inspect the proxy %s to start %s again: %w", name, s.ctlName(), err)
 	}
 	if !px.State.Running {
 		if !s.Spec.Manage {
