@@ -33,7 +33,18 @@ func (e *Executor) Cleanup(ctx context.Context) error {
 	} else {
 		errs = append(errs, err)
 	}
-	n, err := e.removeContainers(ctx, container.ListOptions{All: true, Filters: e.jobFilter()})
+	jobs := e.jobFilter()
+	deferred := e.usesSpares() && e.Refill != nil
+	if deferred {
+		// a native job's helper: stopped now, with all it started (TERM
+		// ends its init, and the kernel the rest: the engine's KILL would
+		// wait for the container's teardown), and removed by `berth
+		// spares` with its spare network namespace, off the job's way
+		if err := e.Engine.ContainerKill(ctx, HelperName(e.Job), "TERM"); err == nil || errdefs.IsNotFound(err) {
+			jobs.Add("label", LabelRole+"="+RoleJob)
+		}
+	}
+	n, err := e.removeContainers(ctx, container.ListOptions{All: true, Filters: jobs})
 	errs = append(errs, err)
 	// deploy locks this job still holds on this engine: a cancelled or
 	// crashed deploy never leaves one behind
@@ -46,6 +57,9 @@ func (e *Executor) Cleanup(ctx context.Context) error {
 	}
 	for _, nw := range nets {
 		errs = append(errs, removeNetwork(ctx, e.Engine, nw.ID, nw.Name))
+	}
+	if deferred {
+		e.refill(e.Job.IDString()) // its helper and spare go, a new spare comes
 	}
 	if err := errors.Join(errs...); err != nil {
 		return failure.System(err)

@@ -32,6 +32,7 @@ type Engine interface {
 	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
 	ContainerList(ctx context.Context, opts container.ListOptions) ([]container.Summary, error)
 	ContainerRemove(ctx context.Context, id string, opts container.RemoveOptions) error
+	ContainerKill(ctx context.Context, id, signal string) error
 	ContainerWait(ctx context.Context, id string, condition container.WaitCondition) (<-chan container.WaitResponse, <-chan error)
 	ContainerLogs(ctx context.Context, id string, opts container.LogsOptions) (io.ReadCloser, error)
 	ContainerExecCreate(ctx context.Context, id string, opts container.ExecOptions) (container.ExecCreateResponse, error)
@@ -60,6 +61,11 @@ type Executor struct {
 	// RunnerBinary is the static gitlab-runner mounted into the helper
 	// container; empty uses the helper image's own.
 	RunnerBinary string
+	// Refill has the spare network namespaces of native helpers made
+	// again and the used ones removed, those of afterJob (if set), whose
+	// cleanup stopped its helper, included; off the job's way (main
+	// starts `berth spares` detached).
+	Refill func(afterJob string)
 	// SelfBinary is berth's own static binary, which serves the helper
 	// container's stages; empty runs each with a docker exec.
 	SelfBinary string

@@ -12,6 +12,7 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/mount"
+	"github.com/docker/docker/errdefs"
 
 	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
@@ -32,7 +33,9 @@ const RoleHelper = "helper"
 const helperBinDir = "/opt/berth/bin"
 
 // HelperName is the job's helper container.
-func HelperName(j *Job) string { return ContainerName(j) + "-helper" }
+func HelperName(j *Job) string { return helperNameOf(j.IDString()) }
+
+func helperNameOf(jobID string) string { return containerNameOf(jobID) + "-helper" }
 
 // helperSetup runs at the helper's start, then keeps it alive on an open
 // stdin. With a runner binary mounted there is nothing to do; with the
@@ -82,12 +85,20 @@ func (e *Executor) createHelper(ctx context.Context, network string) (string, er
 			mount.Mount{Type: mount.TypeBind, Source: e.SelfBinary, Target: helperBinDir + "/berth", ReadOnly: true},
 			mount.Mount{Type: mount.TypeBind, Source: sockDir, Target: sockDir})
 		cfg.Entrypoint, cfg.OpenStdin = []string{helperBinDir + "/berth", "helper", HelperSocket(dir), dir}, false
-		init := true
-		host.Init = &init // tini reaps what the stages leave behind
 	}
+	// tini reaps what the stages leave behind, and ends the container on
+	// TERM, which a shell as PID 1 ignores
+	init := true
+	host.Init = &init
 	host.NetworkMode = container.NetworkMode(network)
 	name := HelperName(e.Job)
 	resp, err := e.Engine.ContainerCreate(ctx, cfg, host, nil, nil, name)
+	if errdefs.IsConflict(err) {
+		// the same job's, prepared again after a cleanup that left it
+		// killed for `berth spares` to remove
+		_ = e.Engine.ContainerRemove(ctx, name, container.RemoveOptions{Force: true})
+		resp, err = e.Engine.ContainerCreate(ctx, cfg, host, nil, nil, name)
+	}
 	if err != nil {
 		return "", failure.Systemf("create the helper container %s from %s: %s (check job.helper_image in berth.toml)", name, img, e.redactErr(err))
 	}

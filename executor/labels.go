@@ -28,8 +28,10 @@ const (
 const deadlineMargin = 15 * time.Minute
 
 // Names of what berth creates for a job.
-func ContainerName(j *Job) string { return "berth-job-" + j.IDString() }
-func NetworkName(j *Job) string   { return "berth-job-" + j.IDString() }
+func ContainerName(j *Job) string { return containerNameOf(j.IDString()) }
+func NetworkName(j *Job) string   { return containerNameOf(j.IDString()) }
+
+func containerNameOf(jobID string) string { return "berth-job-" + jobID }
 
 // HelpersNetwork is where the helpers of native stages, which have no job
 // container whose network they could join, are: one network kept for all

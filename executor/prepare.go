@@ -68,6 +68,13 @@ func (e *Executor) Prepare(ctx context.Context) error {
 	if !needsContainer {
 		t = e.Now()
 		net := e.Settings.Job.HelperNetwork
+		if e.usesSpares() {
+			if spare := e.takeSpare(ctx); spare != "" {
+				net = "container:" + spare
+			} else {
+				e.refill("") // for the next jobs
+			}
+		}
 		if net == "" {
 			net = HelpersNetwork
 			if err := e.ensureHelpersNetwork(ctx); err != nil {
@@ -161,13 +168,7 @@ func (e *Executor) createNetwork(ctx context.Context) error {
 // engine refuses a second network of the name). Jobs share it; cleanup and
 // sweep leave it, as they only remove what carries a job's label.
 func (e *Executor) ensureHelpersNetwork(ctx context.Context) error {
-	_, err := e.Engine.NetworkCreate(ctx, HelpersNetwork, network.CreateOptions{Driver: "bridge",
-		Options: map[string]string{"com.docker.network.bridge.enable_icc": "false"},
-		Labels:  map[string]string{LabelRole: RoleHelpers, LabelVersion: e.Version}})
-	if err != nil && !errdefs.IsConflict(err) {
-		return failure.Systemf("create network %s for the helpers of native stages: %w", HelpersNetwork, err)
-	}
-	return nil
+	return ensureHelpersNetwork(ctx, e.Engine, e.Version)
 }
 
 type serviceRef struct {

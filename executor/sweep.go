@@ -123,6 +123,19 @@ func (s *Sweeper) Sweep(ctx context.Context, opts SweepOptions) (SweepResult, er
 			errs = append(errs, s.removeDir(ctx, dir))
 		}
 	}
+	// spare network namespaces of native helpers whose job is over
+	if !opts.DryRun && opts.Project == "" {
+		sp := &Spares{Engine: s.Engine, Settings: s.Settings, Now: s.Now}
+		set, err := listSpares(ctx, s.Engine)
+		if err == nil {
+			var used map[string]string
+			used, err = sp.removeUsed(ctx, set, "")
+			for _, n := range used {
+				res.Containers = append(res.Containers, n)
+			}
+		}
+		errs = append(errs, err)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return res, failure.System(err)
 	}

@@ -9,7 +9,9 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -76,6 +78,16 @@ func (a *app) dispatch(ctx context.Context, cmd string, args []string) error {
 		return ex.Run(ctx, args[0], args[1], a.getenv(executor.EnvBuildExitCodeFile))
 	case "sweep":
 		return a.sweep(ctx, args)
+	case "spares":
+		// started detached by prepare and cleanup (executor/spares.go)
+		afterJob := ""
+		if len(args) == 2 && args[0] == "--after-job" {
+			afterJob, args = args[1], nil
+		}
+		if len(args) != 0 {
+			return failure.Systemf("usage: berth spares [--after-job ID]")
+		}
+		return a.spares(ctx, afterJob)
 	case "history":
 		return a.history(ctx, args)
 	case "rollback":
@@ -179,6 +191,7 @@ func (a *app) executor() (*executor.Executor, error) {
 	if self, err := os.Executable(); err == nil && executor.IsStatic(self) {
 		ex.SelfBinary = self // serves the helper container's stages
 	}
+	ex.Refill = a.spawnSpares
 	var why string
 	ex.RunnerBinary, why = executor.FindRunnerBinary(a.settings.Job.RunnerBinary, os.Getppid(), exec.LookPath)
 	if why != "" {
@@ -260,6 +273,69 @@ func (a *app) sweep(ctx context.Context, args []string) error {
 	fmt.Fprintf(a.stdout, "sweep: %s %d containers, %d networks, %d builds dirs\n", verb, len(res.Containers), len(res.Networks), len(res.Dirs))
 	if err != nil {
 		return failure.Systemf("sweep went on past what it could not remove: %w", err)
+	}
+	return nil
+}
+
+// spawnSpares starts `berth spares` detached: a session of its own and no
+// stdio, so the runner, which waits for this process and its output, does
+// not wait for it. It gets the runner's environment without the job's
+// variables and payload.
+func (a *app) spawnSpares(afterJob string) {
+	self, err := os.Executable()
+	if err != nil {
+		return
+	}
+	args := []string{"spares"}
+	if afterJob != "" {
+		args = append(args, "--after-job", afterJob)
+	}
+	if a.configPath != "" {
+		args = append(args, "--config", a.configPath)
+	}
+	cmd := exec.Command(self, args...)
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CUSTOM_ENV_") && !strings.HasPrefix(kv, executor.EnvJobResponse+"=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err == nil {
+		_ = cmd.Process.Release()
+	}
+}
+
+// spares is `berth spares`: one at a time on this host, it puts the
+// helpers' spare network namespaces right (executor.Spares).
+func (a *app) spares(ctx context.Context, afterJob string) error {
+	if err := a.loadSettings(); err != nil {
+		return err
+	}
+	log, err := a.logger()
+	if err != nil {
+		return err
+	}
+	eng, _, err := a.engine()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(a.settings.BuildsDir, 0o755); err != nil {
+		return failure.Systemf("create builds_dir %s: %w", a.settings.BuildsDir, err)
+	}
+	lock, err := os.OpenFile(filepath.Join(a.settings.BuildsDir, ".berth-spares.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return failure.Systemf("open the spares lock in builds_dir: %w", err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return failure.Systemf("lock the spares lock in builds_dir: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	s := &executor.Spares{Engine: eng, Settings: a.settings, Log: log, Version: version, Now: time.Now}
+	if err := s.Fill(ctx, afterJob); err != nil {
+		log.WithError(err).Warn("helper spare network namespaces")
+		return err
 	}
 	return nil
 }

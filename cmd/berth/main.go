@@ -38,6 +38,8 @@ Operator commands:
   check                  validate berth.toml and print the effective settings
   sweep [--older-than D] [--project P] [--dry-run]
                          remove what crashed jobs left behind
+  spares                 make the native helpers' spare network namespaces
+                         (job.helper_spares) and remove used ones
   history ENV            list an environment's deployments
   rollback ENV [--to TAG|DIGEST]
                          restore the previous version (or the given one)

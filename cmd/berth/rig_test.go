@@ -272,9 +272,16 @@ func (r *rig) requireNothingLeft(t *testing.T, jobID int64) {
 	t.Helper()
 	ctx := context.Background()
 	f := filters.NewArgs(filters.Arg("label", fmt.Sprintf("berth.job=%d", jobID)))
-	cs, err := r.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
-	require.NoError(t, err)
-	require.Empty(t, cs, "containers left by job %d", jobID)
+	// a native job's helper is stopped by cleanup and removed by the
+	// `berth spares` it started, a moment later
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		cs, err := r.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+		require.NoError(t, err)
+		if len(cs) == 0 || time.Now().After(deadline) {
+			require.Empty(t, containerNames(cs), "containers left by job %d", jobID)
+			break
+		}
+	}
 	byName, err := r.docker.ContainerList(ctx, container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("name", fmt.Sprintf("berth-job-%d", jobID)))})
 	require.NoError(t, err)
 	require.Empty(t, byName, "containers named after job %d", jobID)
@@ -314,4 +321,12 @@ func (r *rig) withHelper(t *testing.T, name string) {
 		}
 	})
 	require.NoError(t, b.err)
+}
+
+func containerNames(cs []container.Summary) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, strings.Join(c.Names, ",")+" ("+c.State+")")
+	}
+	return out
 }

@@ -13,11 +13,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/registry"
 	"github.com/stretchr/testify/assert"
@@ -426,4 +429,48 @@ func TestE2EHelperStagesKeepWorking(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotEmpty(t, entries, "the runner's server has the artifacts")
 	r.requireNothingLeft(t, res.JobID)
+}
+
+// A native job's helper joins a spare network namespace that serves it
+// alone: what its root changes there (its /etc/hosts, to send the next
+// job's git to another host) never reaches the next job, whose helper
+// joins a fresh one.
+func TestE2ENativeJobsNeverShareANamespace(t *testing.T) {
+	r := needRig(t)
+	repo := gitRepo(t)
+	out, err := exec.Command("git", "-C", repo, "branch", "feature-ns").CombinedOutput()
+	require.NoError(t, err, string(out))
+	toml := writeTOML(t, defaultTOML)
+	ctx := context.Background()
+	spares := func() []string {
+		list, err := r.docker.ContainerList(ctx, container.ListOptions{Filters: filters.NewArgs(filters.Arg("label", "berth.role=helper-spare"))})
+		require.NoError(t, err)
+		var ids []string
+		for _, c := range list {
+			if !strings.HasSuffix(c.Names[0], "-claim") {
+				ids = append(ids, c.ID[:12])
+			}
+		}
+		return ids
+	}
+	job := func(hook string) (string, string) {
+		res := r.runJob(t, toml, "--repo", repo, "--ref", "feature-ns", "--stage", "deploy", "--image", "busybox:local",
+			"--hook", "pre_get_sources_script="+hook+`; echo "ns=$(hostname)"`)
+		tr := traceLines(res.Trace)
+		require.Equal(t, "success", res.State, tr)
+		require.Contains(t, tr, "no job container needed")
+		r.requireNothingLeft(t, res.JobID)
+		m := regexp.MustCompile(`\nns=(\w+)`).FindStringSubmatch(tr)
+		require.NotNil(t, m, tr)
+		return m[1], tr
+	}
+	first, _ := job("echo 203.0.113.9 gitlab.example >> /etc/hosts")
+	var ready []string
+	require.Eventually(t, func() bool { ready = spares(); return len(ready) >= 2 }, 20*time.Second, 100*time.Millisecond,
+		"berth spares, started by the first job's cleanup, fills the pool")
+	assert.NotContains(t, ready, first, "a used namespace is never offered again")
+	second, tr := job("grep gitlab.example /etc/hosts || echo clean-hosts")
+	assert.Contains(t, tr, "\nclean-hosts", "the first job's DNS reached the second")
+	assert.NotEqual(t, first, second)
+	assert.Contains(t, ready, second, "the second job's helper joined a spare")
 }

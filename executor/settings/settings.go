@@ -79,7 +79,14 @@ type JobContainers struct {
 	// HelperNetwork is the Docker network of the helper container; "" is the
 	// job's own network, as the Docker executor does.
 	HelperNetwork string `toml:"helper_network"`
+	// HelperSpares is how many network namespaces berth keeps ready for
+	// the helpers of native stages (executor/spares.go); 0 makes each
+	// helper its own, ~0.3 s slower.
+	HelperSpares int `toml:"helper_spares"`
 }
+
+// MaxHelperSpares bounds job.helper_spares: each is an idle container.
+const MaxHelperSpares = 16
 
 // RunnerBinaryImage says the helper image brings its own runner binary.
 const RunnerBinaryImage = "image"
@@ -109,6 +116,7 @@ func Defaults() Settings {
 			StopGrace:           Duration(5 * time.Second),
 			ServiceWait:         Duration(30 * time.Second),
 			HelperImage:         DefaultHelperImage(),
+			HelperSpares:        2,
 		},
 		Proxy: Proxy{Image: "caddy:2", Name: "berth-proxy", Network: "berth-proxy", HTTPPort: 80, HTTPSPort: 443, Manage: true},
 	}
@@ -189,6 +197,9 @@ func (s *Settings) Validate() error {
 	}
 	if s.Job.HelperImage == "" {
 		bad("job.helper_image", "must name an image with git and bash (default %s)", DefaultHelperImage())
+	}
+	if s.Job.HelperSpares < 0 || s.Job.HelperSpares > MaxHelperSpares {
+		bad("job.helper_spares", "must be between 0 (none) and %d", MaxHelperSpares)
 	}
 	if r := s.Job.RunnerBinary; r != "" && r != RunnerBinaryImage && !filepath.IsAbs(r) {
 		bad("job.runner_binary", "%q must be an absolute path to a static gitlab-runner, %q, or empty (the runner that started berth)", r, RunnerBinaryImage)

@@ -37,6 +37,8 @@ func TestDecode(t *testing.T) {
 		{name: "bad duration", toml: "[job]\nstop_grace = \"soon\"\n", wantErr: []string{"not a duration"}},
 		{name: "relative builds dir", toml: "builds_dir = \"builds\"\n", wantErr: []string{"builds_dir", "absolute"}},
 		{name: "bad pull policy", toml: "[job]\npull_policy = \"sometimes\"\n", wantErr: []string{"job.pull_policy", "sometimes"}},
+		{name: "too many helper spares", toml: "[job]\nhelper_spares = 17\n", wantErr: []string{"job.helper_spares", "between 0 (none) and 16"}},
+		{name: "negative helper spares", toml: "[job]\nhelper_spares = -1\n", wantErr: []string{"job.helper_spares"}},
 		{name: "bad volume", toml: "[job]\nvolumes = [\"/a\"]\n", wantErr: []string{"job.volumes", "HOST:CONTAINER"}},
 		{name: "bad log level", toml: "log_level = \"loud\"\n", wantErr: []string{"log_level"}},
 		{name: "bad stage action", toml: "[stages]\nship = \"launch\"\n", wantErr: []string{"stages.ship", "launch"}},
