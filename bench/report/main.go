@@ -107,7 +107,8 @@ func run(in io.Reader, out io.Writer, title string) error {
 	fmt.Fprintln(out, "|---|---|---:|---:|---:|---|---|")
 	failed := 0
 	for _, row := range order {
-		if strings.HasPrefix(row, "Fault/") || strings.HasPrefix(row, "Proxy") || strings.HasPrefix(row, "ExecPipeline") {
+		if strings.HasPrefix(row, "Fault/") || strings.HasPrefix(row, "Proxy") || strings.HasPrefix(row, "ExecPipeline") ||
+			strings.HasSuffix(row, " outside-step-ms") {
 			continue // tables of their own
 		}
 		berth, bash := median(samples[row]["berth"]), median(samples[row]["bash"])
@@ -147,6 +148,8 @@ func run(in io.Reader, out io.Writer, title string) error {
 	fmt.Fprintln(out, "- `TrivialJob`: a whole `echo ok` test job through the real gitlab-runner, request to final state.")
 	fmt.Fprintln(out, "- `DeployJob`: (a) a master deploy job through the runner: berth's native stage (build, push, health-gated")
 	fmt.Fprintln(out, "  replacement) against the shell lines `docker build`, `docker push`, `docker rm -f web`, `docker run -d -p 6000:5000`.")
+	fmt.Fprintln(out, "  `outside-step-ms`: the job's time besides its `step_script` section (from the trace's timestamps), which")
+	fmt.Fprintln(out, "  is where the helper container works; the native deploy step itself runs on the runner host.")
 	fmt.Fprintln(out, "- `Outage`: (b) a prober on 127.0.0.1:6000 every 2 ms during one replacement: failed requests and the")
 	fmt.Fprintln(out, "  longest gap between two answered ones; berth's switch inside the anchor's namespace against `rm -f` + `run`.")
 	fmt.Fprintln(out, "- `Release`: (c) berth's registry-side promotion against `docker build` + `docker push` of the tag;")
@@ -305,7 +308,9 @@ func execTable(out io.Writer, samples map[string]map[string][]float64) {
 }
 
 // costGoals bound what the helper container adds to a job, in ms.
-var costGoals = map[string]float64{"TrivialJob median-ms": 300, "DeployJob median-ms": 300}
+// The deploy job's is judged besides its deploy step, which runs on the
+// runner host with or without the helper.
+var costGoals = map[string]float64{"TrivialJob median-ms": 300, "DeployJob outside-step-ms": 300}
 
 // helperCost is the table of berth against berth before the helper
 // container (side "before"), where the run measured it.
