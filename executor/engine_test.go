@@ -167,6 +167,9 @@ func TestNativeHelpersShareANetworkButCannotReachEachOther(t *testing.T) {
 	a, _ := testExecutor(t, c, testJob(base, "busybox:local"))
 	b, _ := testExecutor(t, c, testJob(base+1, "busybox:local"))
 	a.Native, b.Native = native, native
+	// no spare namespaces: each helper has an endpoint on berth-helpers
+	// (spares_test.go has the spares)
+	a.Settings.Job.HelperSpares, b.Settings.Job.HelperSpares = 0, 0
 	defer func() { _, _ = a.Cleanup(ctx), b.Cleanup(ctx) }()
 	require.NoError(t, a.Prepare(ctx))
 	require.NoError(t, b.Prepare(ctx))

@@ -2,6 +2,7 @@ package executor
 
 import (
 	"context"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -44,7 +45,9 @@ func freshSpares(t *testing.T, c *client.Client, n int) *Spares {
 	t.Cleanup(clear)
 	e, _ := testExecutor(t, c, testJob(1, "busybox:local"))
 	e.Settings.Job.HelperSpares = n
-	sp := &Spares{Engine: c, Settings: e.Settings, Log: logrus.New(), Version: "test", Now: time.Now}
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	sp := &Spares{Engine: c, Settings: e.Settings, Log: log, Version: "test", Now: time.Now}
 	require.NoError(t, sp.Fill(ctx, ""))
 	return sp
 }

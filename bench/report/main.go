@@ -352,12 +352,14 @@ func helperCost(out io.Writer, samples map[string]map[string][]float64, order []
 	}
 	fmt.Fprintln(out)
 	fmt.Fprintln(out, "Why: a test job had a container before and only gains its helper beside it, which shares the job")
-	fmt.Fprintln(out, "container's network namespace. A native deploy job had none: its helper is a whole container lifecycle")
-	fmt.Fprintln(out, "on this engine (dockerd 20.10, 2 cores), measured here at about 20 ms to create, 300-400 ms to start")
-	fmt.Fprintln(out, "(runc, and an endpoint on a user-defined network with its DNS) and 100-150 ms to remove, plus a few ms")
-	fmt.Fprintln(out, "a stage through its socket. The network of its own per job that it had first cost another ~0.3 s")
-	fmt.Fprintln(out, "(made, first endpoint, removed); native helpers now share `berth-helpers`, whose containers cannot")
-	fmt.Fprintln(out, "reach each other. The rest is the price of running the job's hooks and git in a container, not on the host.")
+	fmt.Fprintln(out, "container's network namespace. A native deploy job had none. Its helper now joins a network namespace")
+	fmt.Fprintln(out, "berth made ahead (`job.helper_spares`), so starting it is ~150 ms of runc on dockerd 20.10, where a")
+	fmt.Fprintln(out, "namespace of its own (a sandbox and an endpoint on `berth-helpers`) made it ~450 ms; cleanup only stops")
+	fmt.Fprintln(out, "it, and `berth spares`, detached, removes it and its spare and makes the next spare: ~0.7 s of engine")
+	fmt.Fprintln(out, "work that the next job in this back-to-back run shares the 2 cores with. A spare serves one job and is")
+	fmt.Fprintln(out, "never reused (docs/security.md). The rest is a few ms a stage through the helper's socket, and git in")
+	fmt.Fprintln(out, "a container rather than on the host. `outside-step-ms` leaves out the deploy step, native on the host")
+	fmt.Fprintln(out, "either way, which since berth before also journals its switch, checks ownership and digests.")
 	return failed
 }
 
