@@ -77,7 +77,7 @@ func (e *Executor) Prepare(ctx context.Context) error {
 		}
 		if net == "" {
 			net = HelpersNetwork
-			if err := e.ensureHelpersNetwork(ctx); err != nil {
+			if err := ensureHelpersNetwork(ctx, e.Engine, e.Version); err != nil {
 				return err
 			}
 		}
@@ -162,13 +162,6 @@ func (e *Executor) createNetwork(ctx context.Context) error {
 		return failure.Systemf("create network %s: %w", name, err)
 	}
 	return nil
-}
-
-// ensureHelpersNetwork makes HelpersNetwork unless it is there (the
-// engine refuses a second network of the name). Jobs share it; cleanup and
-// sweep leave it, as they only remove what carries a job's label.
-func (e *Executor) ensureHelpersNetwork(ctx context.Context) error {
-	return ensureHelpersNetwork(ctx, e.Engine, e.Version)
 }
 
 type serviceRef struct {

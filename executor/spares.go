@@ -247,7 +247,9 @@ func (s *Spares) make(ctx context.Context) error {
 }
 
 // ensureHelpersNetwork makes berth-helpers, with traffic between its
-// containers off.
+// containers off, unless it is there (the engine refuses a second network
+// of the name). Jobs share it; cleanup and sweep leave it, as they only
+// remove what carries a job's label.
 func ensureHelpersNetwork(ctx context.Context, eng Engine, version string) error {
 	_, err := eng.NetworkCreate(ctx, HelpersNetwork, network.CreateOptions{Driver: "bridge",
 		Options: map[string]string{"com.docker.network.bridge.enable_icc": "false"},

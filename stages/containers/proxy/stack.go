@@ -248,11 +248,7 @@ func (s *Stack) ctl(ctx context.Context, proxyID string) (bool, error) {
 // Apply puts site into the proxy's config: one change, which Caddy makes
 // without dropping a connection.
 func (s *Stack) Apply(ctx context.Context, site Site) error {
-	b, err := json.Marshal(site)
-	if err != nil {
-		return err
-	}
-	_, err = s.Run(ctx, b, CtlApply)
+	_, err := s.Switch(ctx, site, nil, 0)
 	return err
 }
 
