@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/client"
 
 	"github.com/berthci/berth/executor/settings"
@@ -35,7 +36,7 @@ func proxyDriver(b *testing.B, c *client.Client, name string) *containers.Driver
 	return d
 }
 
-// loadGen sends GETs to benchURL from n clients, each on a keep-alive
+// loadGen sends GETs to url from n clients, each on a keep-alive
 // connection of its own, and counts what failed and the longest wait of a
 // client between two answers.
 type loadGen struct {
@@ -48,7 +49,7 @@ type loadGen struct {
 	seen       sync.Map
 }
 
-func startLoadGen(n int) *loadGen {
+func startLoadGen(url string, n int) *loadGen {
 	l := &loadGen{stop: make(chan struct{})}
 	for i := 0; i < n; i++ {
 		l.wg.Add(1)
@@ -73,7 +74,7 @@ func startLoadGen(n int) *loadGen {
 				default:
 				}
 				t := time.Now()
-				resp, err := c.Get(benchURL)
+				resp, err := c.Get(url)
 				if err == nil {
 					body, _ := io.ReadAll(resp.Body)
 					resp.Body.Close()
@@ -124,18 +125,21 @@ func (l *loadGen) percentile(p float64) time.Duration {
 }
 
 // BenchmarkProxyOutage: one deploy under 10 clients, 10,000 requests at
-// least: failed requests and the longest wait of a client.
+// least: failed requests and the longest wait of a client. "floor" is the
+// same load through the same proxy while the engine only starts and
+// removes one container beside it, the least engine work a deploy does: on
+// 2 busy cores that alone makes clients wait.
 func BenchmarkProxyOutage(b *testing.B) {
 	c := engine(b)
 	refs := versions(b, 2)
 	ctx := context.Background()
-	measure := func(b *testing.B, switchTo func(ref string)) {
+	// act does the i-th deploy and returns the body the new version answers
+	measure := func(b *testing.B, act func(i int) string) {
 		var failed, gaps, reqs []float64
 		for i := 0; i < b.N; i++ {
-			want := fmt.Sprintf("app v%d", (i+1)%2)
-			l := startLoadGen(10)
+			l := startLoadGen(benchURL, 10)
 			time.Sleep(200 * time.Millisecond)
-			switchTo(refs[(i+1)%2])
+			want := act(i)
 			f, g, n := l.until(b, 10000, want)
 			failed, gaps, reqs = append(failed, float64(f)), append(gaps, float64(g.Milliseconds())), append(reqs, float64(n))
 		}
@@ -143,24 +147,45 @@ func BenchmarkProxyOutage(b *testing.B) {
 		b.ReportMetric(medianOf(gaps), "longest-gap-ms")
 		b.ReportMetric(medianOf(reqs), "requests")
 	}
+	deploy := func(d *containers.Driver) func(i int) string {
+		return func(i int) string {
+			must(b, d.Deploy(ctx, release(refs[(i+1)%2])))
+			return fmt.Sprintf("app v%d", (i+1)%2)
+		}
+	}
 	b.Run("proxy", func(b *testing.B) {
 		defer clearPort(b, "bench-web", "bench-proxy")
 		d := proxyDriver(b, c, "bench-web")
 		must(b, d.Deploy(ctx, release(refs[0])))
-		measure(b, func(ref string) { must(b, d.Deploy(ctx, release(ref))) })
+		measure(b, deploy(d))
+	})
+	b.Run("floor", func(b *testing.B) {
+		defer clearPort(b, "bench-web", "bench-proxy", "bench-floor")
+		d := proxyDriver(b, c, "bench-web")
+		must(b, d.Deploy(ctx, release(refs[0])))
+		measure(b, func(int) string {
+			made, err := c.ContainerCreate(ctx, &container.Config{Image: refs[1]}, &container.HostConfig{NetworkMode: container.NetworkMode(benchProxy.Network)}, nil, nil, "bench-floor")
+			must(b, err)
+			must(b, c.ContainerStart(ctx, made.ID, container.StartOptions{}))
+			must(b, c.ContainerRemove(ctx, made.ID, container.RemoveOptions{Force: true}))
+			return ""
+		})
 	})
 	b.Run("anchor", func(b *testing.B) {
 		defer clearPort(b, "bench-web")
 		d := webDriver(b, c, "bench-web")
 		must(b, d.Deploy(ctx, release(refs[0])))
-		measure(b, func(ref string) { must(b, d.Deploy(ctx, release(ref))) })
+		measure(b, deploy(d))
 	})
 	b.Run("bash", func(b *testing.B) {
 		defer clearPort(b, "bench-web-sh")
 		run := rmRun(b)
 		run(refs[0])
 		waitServing(b, "app v0")
-		measure(b, run)
+		measure(b, func(i int) string {
+			run(refs[(i+1)%2])
+			return fmt.Sprintf("app v%d", (i+1)%2)
+		})
 	})
 }
 
@@ -182,7 +207,7 @@ func BenchmarkProxyBroken(b *testing.B) {
 	measure := func(b *testing.B, deployBroken func()) {
 		var failed []float64
 		for i := 0; i < b.N; i++ {
-			l := startLoadGen(10)
+			l := startLoadGen(benchURL, 10)
 			time.Sleep(200 * time.Millisecond)
 			deployBroken()
 			f, _, _ := l.until(b, 0, "")
@@ -229,14 +254,19 @@ func brokenVersion(b *testing.B) string {
 
 // BenchmarkProxyCost: 10 keep-alive clients for 3 s, through the proxy and
 // straight to the app's published port: requests per second and latency.
+// Both cross docker-proxy, which serves a published port on loopback. Two
+// references without it, as clients from elsewhere reach the host: the
+// app at its own address ("direct-ip"), and Caddy alone on the host's
+// network forwarding to that address ("caddy-host"), the least any Caddy
+// in front can cost here.
 func BenchmarkProxyCost(b *testing.B) {
 	c := engine(b)
 	refs := versions(b, 1)
 	ctx := context.Background()
-	measure := func(b *testing.B) {
+	measure := func(b *testing.B, url string) {
 		var rps, p50, p99 []float64
 		for i := 0; i < b.N; i++ {
-			l := startLoadGen(10)
+			l := startLoadGen(url, 10)
 			t := time.Now()
 			time.Sleep(3 * time.Second)
 			_, _, n := l.until(b, 0, "")
@@ -251,15 +281,57 @@ func BenchmarkProxyCost(b *testing.B) {
 		defer clearPort(b, "bench-web", "bench-proxy")
 		d := proxyDriver(b, c, "bench-web")
 		must(b, d.Deploy(ctx, release(refs[0])))
-		measure(b)
+		measure(b, benchURL)
 	})
 	b.Run("direct", func(b *testing.B) {
 		defer clearPort(b, "bench-web")
 		d := webDriver(b, c, "bench-web")
 		d.Spec.PortsOn = settings.PortsOnContainer
 		must(b, d.Deploy(ctx, release(refs[0])))
-		measure(b)
+		measure(b, benchURL)
 	})
+	// the references: the app on the proxy's network, by its address
+	defer clearPort(b, "bench-web", "bench-proxy", "bench-caddy-host")
+	d := proxyDriver(b, c, "bench-web")
+	must(b, d.Deploy(ctx, release(refs[0])))
+	app, err := c.ContainerInspect(ctx, "bench-web")
+	must(b, err)
+	appAddr := app.NetworkSettings.Networks[benchProxy.Network].IPAddress + ":5000"
+	b.Run("direct-ip", func(b *testing.B) { measure(b, "http://"+appAddr+"/") })
+	b.Run("caddy-host", func(b *testing.B) {
+		url := hostCaddy(b, c, appAddr)
+		measure(b, url)
+	})
+}
+
+// hostCaddy runs the proxy's image on the host's network, forwarding
+// 127.0.0.1:18290 to upstream as berth's sites do; its URL.
+func hostCaddy(b *testing.B, c *client.Client, upstream string) string {
+	ctx := context.Background()
+	dir := b.TempDir()
+	cfg := fmt.Sprintf(`{"admin": {"disabled": true}, "apps": {"http": {"servers": {"s": {"listen": ["127.0.0.1:18290"],
+	"automatic_https": {"disable": true}, "routes": [{"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": %q}],
+	"load_balancing": {"selection_policy": {"policy": "round_robin"}, "try_duration": "5s", "try_interval": "100ms"}}]}]}}}}}`, upstream)
+	must(b, os.WriteFile(filepath.Join(dir, "caddy.json"), []byte(cfg), 0o644))
+	made, err := c.ContainerCreate(ctx, &container.Config{Image: benchProxy.Image, Cmd: []string{"caddy", "run", "--config", "/bench/caddy.json"}},
+		&container.HostConfig{NetworkMode: "host", Binds: []string{dir + ":/bench:ro"}}, nil, nil, "bench-caddy-host")
+	must(b, err)
+	must(b, c.ContainerStart(ctx, made.ID, container.StartOptions{}))
+	url := "http://127.0.0.1:18290/"
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return url
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("Caddy on the host's network never answered on %s: %v", url, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

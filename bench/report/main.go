@@ -161,7 +161,12 @@ func run(in io.Reader, out io.Writer, title string) error {
 	fmt.Fprintln(out, "  and `rm -f` + `run`.")
 	fmt.Fprintln(out, "- `ProxyBroken`: a release that never answers, deployed under the same load: requests that failed until")
 	fmt.Fprintln(out, "  the old version served again (health_timeout 3 s); the script way, over the same 3 s, stays down after.")
-	fmt.Fprintln(out, "- `ProxyCost`: 10 keep-alive clients for 3 s through the proxy and straight to the app's published port.")
+	fmt.Fprintln(out, "  `floor`: the same load through the same proxy while the engine only starts and removes one container")
+	fmt.Fprintln(out, "  beside it (no berth, no switch): the least engine work a deploy does, and the wait it alone causes.")
+	fmt.Fprintln(out, "- `ProxyCost`: 10 keep-alive clients for 3 s through the proxy and straight to the app's published port;")
+	fmt.Fprintln(out, "  both cross docker-proxy, which serves published ports on loopback. References without it, as clients")
+	fmt.Fprintln(out, "  from elsewhere reach a host: `direct-ip`, the app at its own address; `caddy-host`, the proxy's image")
+	fmt.Fprintln(out, "  alone on the host's network forwarding to that address, the least any Caddy in front costs here.")
 	fmt.Fprintln(out, "- `DeployJob` anchor: the same deploy job with `ports_on = \"anchor\"`, the default before the proxy.")
 	fmt.Fprintln(out, "- `KubeFailedRollout`: a rollout that can never succeed (no room on the node for the new pod) on the")
 	fmt.Fprintln(out, "  test control plane: `detect-ms` until it is known to fail, `rollback-ms` until the previous version")
@@ -279,7 +284,35 @@ func proxyTable(out io.Writer, samples map[string]map[string][]float64, order []
 		p, a := median(dj["berth"]), median(dj["anchor"])
 		fmt.Fprintf(out, "| DeployJob | median-ms | %.1f | %.1f | %s | - | the proxy's checks only (%+.0f ms) | |\n", p, a, cell("DeployJob median-ms", "bash"), p-a)
 	}
+	proxyReferences(out, samples, rows)
 	return failed
+}
+
+// proxyReferences lists the sides of the proxy's measures that are not
+// berth's nor what it is compared with: what the same load gets with no
+// switch, or without docker-proxy, which bounds what any proxy can reach.
+func proxyReferences(out io.Writer, samples map[string]map[string][]float64, rows []string) {
+	compared := []string{"proxy", "anchor", "bash", "direct"}
+	var lines []string
+	for _, row := range rows {
+		measure, unit, _ := strings.Cut(row, " ")
+		for _, side := range sortedSides(samples[row]) {
+			if !slices.Contains(compared, side) {
+				lines = append(lines, fmt.Sprintf("| %s | %s | %s | %.1f |", measure, side, unit, median(samples[row][side])))
+			}
+		}
+	}
+	if len(lines) == 0 {
+		return
+	}
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "References, same run (what each is: below):")
+	fmt.Fprintln(out)
+	fmt.Fprintln(out, "| measure | reference | metric | value |")
+	fmt.Fprintln(out, "|---|---|---|---:|")
+	for _, l := range lines {
+		fmt.Fprintln(out, l)
+	}
 }
 
 // execTable is berth exec's pipeline against itself one job at a time and

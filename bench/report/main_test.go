@@ -27,6 +27,7 @@ BenchmarkDeployJob/anchor-2           5  1 ns/op  2400 median-ms  850 outside-st
 BenchmarkDeployJob/before-2           5  1 ns/op  1600 median-ms  600 outside-step-ms
 BenchmarkProxyCost/proxy-2            3  1 ns/op  3.5 p50-ms  11.6 p99-ms  2474 req-per-s
 BenchmarkProxyCost/direct-2           3  1 ns/op  1.1 p50-ms  5.0 p99-ms  7310 req-per-s
+BenchmarkProxyCost/caddy-host-2       3  1 ns/op  2.9 p50-ms  10.6 p99-ms  2911 req-per-s
 cpu: test cpu
 `
 	var out bytes.Buffer
@@ -46,6 +47,7 @@ cpu: test cpu
 	assert.NotContains(t, s, "| Fault/", "faults are a table of their own")
 	assert.Contains(t, s, "| ProxyCost | p50-ms | 3.5 | - | - | 1.1 |  |  |", "metric names with digits")
 	assert.Contains(t, s, "| ProxyCost | p99-ms | 11.6 | - | - | 5.0 | ≤ direct + 2 ms | **no** |")
+	assert.Contains(t, s, "| ProxyCost | caddy-host | req-per-s | 2911.0 |", "a reference is listed, not compared")
 
 	assert.Error(t, run(strings.NewReader("PASS\n"), &out, "T"), "no results is an error")
 }
