@@ -141,7 +141,7 @@ func (s *Spares) Fill(ctx context.Context, afterJob string) error {
 	if err != nil {
 		return failure.System(err)
 	}
-	used, err := s.removeUsed(ctx, set, afterJob)
+	used, err := s.removeUsed(ctx, set, afterJob, false)
 	if err != nil {
 		return failure.System(err)
 	}
@@ -181,8 +181,9 @@ func (s *Spares) Fill(ctx context.Context, afterJob string) error {
 }
 
 // removeUsed removes the helpers that cleanup killed, then the spares whose
-// helper is gone, each before its claim; it returns the spares it removed.
-func (s *Spares) removeUsed(ctx context.Context, set spareSet, over string) (map[string]string, error) {
+// helper is gone, each before its claim; it returns the spares it removed,
+// or with dryRun, those it would remove.
+func (s *Spares) removeUsed(ctx context.Context, set spareSet, over string, dryRun bool) (map[string]string, error) {
 	helpers, err := s.Engine.ContainerList(ctx, container.ListOptions{All: true,
 		Filters: filters.NewArgs(filters.Arg("label", LabelRole+"="+RoleHelper))})
 	if err != nil {
@@ -194,6 +195,9 @@ func (s *Spares) removeUsed(ctx context.Context, set spareSet, over string) (map
 		// killed by their job's cleanup (a helper that started is never
 		// needed again once it stops)
 		if h.State == "exited" || h.State == "dead" {
+			if dryRun {
+				continue
+			}
 			if err := removeContainer(ctx, s.Engine, h.ID, h.Names); err == nil {
 				continue
 			}
@@ -213,7 +217,14 @@ func (s *Spares) removeUsed(ctx context.Context, set spareSet, over string) (map
 		if job != over && s.Now().Sub(time.Unix(claim.Created, 0)) < claimGrace {
 			continue // its prepare may not have made the helper yet
 		}
-		if c, ok := byName[spare]; ok {
+		c, ok := byName[spare]
+		if dryRun {
+			if ok {
+				removed[c.ID] = spare
+			}
+			continue
+		}
+		if ok {
 			if err := removeContainer(ctx, s.Engine, c.ID, c.Names); err != nil {
 				errs = append(errs, err)
 				continue // the claim stays: the spare must never be taken again

@@ -112,6 +112,24 @@ func TestNativeHelpersTakeASpareEach(t *testing.T) {
 	// a's cleanup stops its helper and leaves the rest to berth spares
 	require.NoError(t, a.Cleanup(ctx))
 	assert.Equal(t, []string{"after:" + a.Job.IDString()}, *refillsA)
+	// a sweep's dry run lists a's spare once its helper stopped and its
+	// claim's grace is over, and removes nothing
+	spareName := func(mode string) string {
+		ins, err := c.ContainerInspect(ctx, strings.TrimPrefix(mode, "container:"))
+		require.NoError(t, err)
+		return strings.TrimPrefix(ins.Name, "/")
+	}
+	require.Eventually(t, func() bool {
+		ins, err := c.ContainerInspect(ctx, HelperName(a.Job))
+		return err == nil && !ins.State.Running
+	}, 15*time.Second, 50*time.Millisecond, "a's helper stops")
+	later := func() time.Time { return time.Now().Add(2 * claimGrace) }
+	res, err := (&Sweeper{Engine: c, Settings: a.Settings, Now: later}).Sweep(ctx, SweepOptions{DryRun: true})
+	require.NoError(t, err)
+	assert.Contains(t, res.Containers, spareName(na))
+	assert.NotContains(t, res.Containers, spareName(nb), "b's helper runs")
+	_, err = c.ContainerInspect(ctx, HelperName(a.Job))
+	require.NoError(t, err, "a dry run removes nothing")
 	require.NoError(t, sp.Fill(ctx, a.Job.IDString()))
 	_, err = c.ContainerInspect(ctx, HelperName(a.Job))
 	assert.Error(t, err, "the helper is removed")

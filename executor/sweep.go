@@ -124,12 +124,12 @@ func (s *Sweeper) Sweep(ctx context.Context, opts SweepOptions) (SweepResult, er
 		}
 	}
 	// spare network namespaces of native helpers whose job is over
-	if !opts.DryRun && opts.Project == "" {
+	if opts.Project == "" {
 		sp := &Spares{Engine: s.Engine, Settings: s.Settings, Now: s.Now}
 		set, err := listSpares(ctx, s.Engine)
 		if err == nil {
 			var used map[string]string
-			used, err = sp.removeUsed(ctx, set, "")
+			used, err = sp.removeUsed(ctx, set, "", opts.DryRun)
 			for _, n := range used {
 				res.Containers = append(res.Containers, n)
 			}
