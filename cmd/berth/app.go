@@ -128,9 +128,12 @@ func (a *app) loadSettings() error {
 	return nil
 }
 
-func (a *app) logger() (logrus.FieldLogger, error) {
+func (a *app) logger() (logrus.FieldLogger, error) { return a.loggerTo(a.stderr) }
+
+// loggerTo is the operator log: log_file when set, else w.
+func (a *app) loggerTo(w io.Writer) (logrus.FieldLogger, error) {
 	l := logrus.New()
-	l.SetOutput(a.stderr)
+	l.SetOutput(w)
 	if f := a.settings.LogFile; f != "" {
 		out, err := os.OpenFile(f, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
 		if err != nil {
@@ -226,6 +229,9 @@ func (a *app) check() error {
 	for _, w := range a.settings.Warnings() {
 		fmt.Fprintf(a.stdout, "# warning: %s\n", w)
 	}
+	if w := sparesTrouble(a.settings); w != "" {
+		fmt.Fprintf(a.stdout, "# warning: %s\n", w)
+	}
 	fmt.Fprintf(a.stdout, "# effective settings (passwords, env values and build args shown as %s), each with where it comes from:\n", settings.Masked)
 	var b strings.Builder
 	if err := toml.NewEncoder(&b).Encode(a.settings.Redacted()); err != nil {
@@ -311,14 +317,6 @@ func (a *app) spares(ctx context.Context, afterJob string) error {
 	if err := a.loadSettings(); err != nil {
 		return err
 	}
-	log, err := a.logger()
-	if err != nil {
-		return err
-	}
-	eng, _, err := a.engine()
-	if err != nil {
-		return err
-	}
 	if err := os.MkdirAll(a.settings.BuildsDir, 0o755); err != nil {
 		return failure.Systemf("create builds_dir %s: %w", a.settings.BuildsDir, err)
 	}
@@ -330,6 +328,26 @@ func (a *app) spares(ctx context.Context, afterJob string) error {
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
 		return failure.Systemf("lock the spares lock in builds_dir: %w", err)
 	}
+	// started detached, it has no stderr: without log_file, the last run's
+	// log is kept in builds_dir, where berth check reads it
+	w := a.stderr
+	if a.settings.LogFile == "" {
+		f, err := os.OpenFile(sparesLog(a.settings), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			return failure.Systemf("open the spares log in builds_dir: %w", err)
+		}
+		defer f.Close()
+		w = f
+	}
+	log, err := a.loggerTo(w)
+	if err != nil {
+		return err
+	}
+	eng, _, err := a.engine()
+	if err != nil {
+		log.WithError(err).Warn("helper spare network namespaces")
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	s := &executor.Spares{Engine: eng, Settings: a.settings, Log: log, Version: version, Now: time.Now}
@@ -338,4 +356,26 @@ func (a *app) spares(ctx context.Context, afterJob string) error {
 		return err
 	}
 	return nil
+}
+
+// sparesLog is where `berth spares` logs its last run when no log_file is
+// set.
+func sparesLog(s *settings.Settings) string { return filepath.Join(s.BuildsDir, ".berth-spares.log") }
+
+// sparesTrouble is what went wrong in the last `berth spares` run, as its
+// log in builds_dir says; "" when nothing did or nothing is known.
+func sparesTrouble(s *settings.Settings) string {
+	if s.Job.HelperSpares == 0 || s.LogFile != "" {
+		return ""
+	}
+	b, err := os.ReadFile(sparesLog(s))
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "level=warning") || strings.Contains(l, "level=error") {
+			return fmt.Sprintf("the last berth spares run (%s) failed, so native helpers make their own network namespace (slower): %s", sparesLog(s), l)
+		}
+	}
+	return ""
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"math"
 	"os"
 	"os/exec"
@@ -119,4 +120,20 @@ func TestDriverOpenerRefusesAnUnknownDriver(t *testing.T) {
 	d, err := open("web")
 	require.NoError(t, err)
 	assert.IsType(t, &containers.Driver{}, d)
+}
+
+// berth spares runs detached, with no stderr: without log_file its last
+// run's log stays in builds_dir, and berth check says what went wrong.
+func TestCheckSaysWhySparesFailed(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "berth.toml")
+	require.NoError(t, os.WriteFile(path, []byte(fmt.Sprintf("builds_dir = %q\n", filepath.Join(dir, "builds"))), 0o644))
+	t.Setenv("DOCKER_HOST", "unix://"+filepath.Join(dir, "no-engine.sock"))
+	var out, errOut bytes.Buffer
+	assert.NotZero(t, run([]string{"spares", "--config", path}, &out, &errOut))
+	assert.NotContains(t, errOut.String(), "level=", "the log goes to builds_dir")
+	code := run([]string{"check", "--config", path}, &out, &errOut)
+	require.Zero(t, code, errOut.String())
+	assert.Contains(t, out.String(), "# warning: the last berth spares run ("+filepath.Join(dir, "builds", ".berth-spares.log")+") failed")
+	assert.Contains(t, out.String(), "no-engine.sock")
 }
