@@ -19,6 +19,7 @@ import (
 
 	"github.com/berthci/berth/executor/settings"
 	"github.com/berthci/berth/stages/containers"
+	"github.com/berthci/berth/stages/containers/proxy"
 )
 
 // The proxy of issue 13 against the anchor and `docker rm -f` + `docker
@@ -164,7 +165,7 @@ func BenchmarkProxyOutage(b *testing.B) {
 		d := proxyDriver(b, c, "bench-web")
 		must(b, d.Deploy(ctx, release(refs[0])))
 		measure(b, func(int) string {
-			made, err := c.ContainerCreate(ctx, &container.Config{Image: refs[1]}, &container.HostConfig{NetworkMode: container.NetworkMode(benchProxy.Network)}, nil, nil, "bench-floor")
+			made, err := c.ContainerCreate(ctx, &container.Config{Image: refs[1]}, &container.HostConfig{NetworkMode: container.NetworkMode(proxy.AppNetwork(benchProxy, "bench-web"))}, nil, nil, "bench-floor")
 			must(b, err)
 			must(b, c.ContainerStart(ctx, made.ID, container.StartOptions{}))
 			must(b, c.ContainerRemove(ctx, made.ID, container.RemoveOptions{Force: true}))
@@ -296,7 +297,7 @@ func BenchmarkProxyCost(b *testing.B) {
 	must(b, d.Deploy(ctx, release(refs[0])))
 	app, err := c.ContainerInspect(ctx, "bench-web")
 	must(b, err)
-	appAddr := app.NetworkSettings.Networks[benchProxy.Network].IPAddress + ":5000"
+	appAddr := app.NetworkSettings.Networks[proxy.AppNetwork(benchProxy, "bench-web")].IPAddress + ":5000"
 	b.Run("direct-ip", func(b *testing.B) { measure(b, "http://"+appAddr+"/") })
 	b.Run("caddy-host", func(b *testing.B) {
 		url := hostCaddy(b, c, appAddr)

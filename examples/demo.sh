@@ -23,9 +23,10 @@ if [ "${1:-}" = down ]; then
 	for name in web web-net demo-alpha demo-alpha-net; do docker rm -f "$name" >/dev/null 2>&1 || true; done
 	docker ps -aq --filter label=com.docker.compose.project=demo-integration | xargs -r docker rm -f >/dev/null
 	docker network rm demo-integration_default >/dev/null 2>&1 || true
-	# the proxy in front of web and alpha, its helper, network and volumes
+	# the proxy in front of web and alpha, its helper, networks and volumes
 	docker rm -f berth-proxy-ctl berth-proxy >/dev/null 2>&1 || true
 	docker network rm berth-proxy >/dev/null 2>&1 || true
+	docker network ls -q --filter label=berth.proxy=berth-proxy | xargs -r docker network rm >/dev/null 2>&1 || true
 	docker volume rm berth-proxy-config berth-proxy-data >/dev/null 2>&1 || true
 	echo "demo: environments removed"
 	exit 0

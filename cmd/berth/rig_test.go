@@ -187,13 +187,22 @@ func removeProxy(name string) {
 	for _, n := range []string{name + "-ctl", name} {
 		_ = c.ContainerRemove(ctx, n, container.RemoveOptions{Force: true})
 	}
-	// the test's apps are on its network still: they go first
-	if nw, err := c.NetworkInspect(ctx, name, network.InspectOptions{}); err == nil {
-		for id := range nw.Containers {
-			_ = c.ContainerRemove(ctx, id, container.RemoveOptions{Force: true})
+	// the test's apps are on its networks still (its own, and one per
+	// environment): they go first
+	nets := []string{name}
+	if list, err := c.NetworkList(ctx, network.ListOptions{Filters: filters.NewArgs(filters.Arg("label", "berth.proxy="+name))}); err == nil {
+		for _, n := range list {
+			nets = append(nets, n.Name)
 		}
 	}
-	_ = c.NetworkRemove(ctx, name)
+	for _, n := range nets {
+		if nw, err := c.NetworkInspect(ctx, n, network.InspectOptions{}); err == nil {
+			for id := range nw.Containers {
+				_ = c.ContainerRemove(ctx, id, container.RemoveOptions{Force: true})
+			}
+		}
+		_ = c.NetworkRemove(ctx, n)
+	}
 	for _, v := range []string{name + "-config", name + "-data"} {
 		_ = c.VolumeRemove(ctx, v, true)
 	}

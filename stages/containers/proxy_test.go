@@ -20,12 +20,14 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/client"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/berthci/berth/executor/failure"
 	"github.com/berthci/berth/executor/settings"
+	"github.com/berthci/berth/stages/containers/proxy"
 	"github.com/berthci/berth/stages/driver"
 	"github.com/berthci/berth/stages/target"
 )
@@ -40,6 +42,12 @@ func proxySpec(t *testing.T, c *client.Client, httpPort, httpsPort int) settings
 			_ = c.ContainerRemove(ctx, n, container.RemoveOptions{Force: true})
 		}
 		_ = c.NetworkRemove(ctx, name)
+		// the environments' networks, once their apps are gone (removeEnv)
+		if list, err := c.NetworkList(ctx, network.ListOptions{Filters: filters.NewArgs(filters.Arg("label", proxy.LabelProxy+"="+name))}); err == nil {
+			for _, n := range list {
+				_ = c.NetworkRemove(ctx, n.ID)
+			}
+		}
 		for _, v := range []string{name + "-config", name + "-data"} {
 			_ = c.VolumeRemove(ctx, v, true)
 		}
@@ -70,13 +78,16 @@ type load struct {
 	seen       sync.Map // bodies
 }
 
-func startLoad(url string, n int) *load {
+func startLoad(url string, n int) *load { return startLoadOf(url, n, false) }
+
+// startLoadOf is startLoad; with fresh, every request on a new connection.
+func startLoadOf(url string, n int, fresh bool) *load {
 	l := &load{stop: make(chan struct{})}
 	for i := 0; i < n; i++ {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+			c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1, DisableKeepAlives: fresh}}
 			for k := 0; ; k++ {
 				select {
 				case <-l.stop:
@@ -143,7 +154,7 @@ func TestProxyDeploysUnderTrafficLoseNoRequest(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, v2.Image, web.Config.Image)
 	assert.Empty(t, web.HostConfig.PortBindings, "the proxy publishes, not the app")
-	assert.Contains(t, web.NetworkSettings.Networks, px.Network)
+	assert.Contains(t, web.NetworkSettings.Networks, proxy.AppNetwork(px, d.Spec.Name))
 
 	// a broken release under traffic: never gets a request; the job fails
 	// with its logs
@@ -231,6 +242,38 @@ func TestProxyReplicasOneAtATime(t *testing.T) {
 	assert.Len(t, list, 3, "three replicas run, the old ones are stopped")
 }
 
+// Caddy opens new listeners at every config change and closes the old
+// ones: the connections not accepted yet on those must reach the new ones
+// (tcp_migrate_req), or a client that just connected gets a reset.
+func TestProxyConfigChangesResetNoNewConnection(t *testing.T) {
+	c := realEngine(t)
+	ctx := context.Background()
+	repo := testRegistry + "/berth-test/" + unique("px")
+	px := proxySpec(t, c, 18085, 18448)
+	d, out := proxiedDriver(t, c, px, 16025)
+	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "v1", true)), out.String())
+	ctl, _, err := d.ctlImage(ctx)
+	require.NoError(t, err)
+	rt := d.router(ctl)
+	ports, err := d.sitePorts()
+	require.NoError(t, err)
+	web, err := c.ContainerInspect(ctx, d.Spec.Name)
+	require.NoError(t, err)
+	alias := web.Config.Labels[LabelAlias]
+
+	l := startLoadOf("http://127.0.0.1:16025/", 10, true)
+	for i := 0; i < 20; i++ { // 20 config changes, as 20 switches make
+		site := d.site(ports, []string{alias}, nil)
+		if i%2 == 0 {
+			site.Draining = []string{alias}
+		}
+		require.NoError(t, rt.Apply(ctx, site))
+	}
+	l.end()
+	assert.Zero(t, l.failed.Load(), "%v", l.errs)
+	assert.Greater(t, l.ok.Load(), int64(200))
+}
+
 func TestProxyServesTwoEnvironmentsByHostname(t *testing.T) {
 	c := realEngine(t)
 	ctx := context.Background()
@@ -271,6 +314,39 @@ func TestProxyServesTwoEnvironmentsByHostname(t *testing.T) {
 	code, _, h := getHost("http", "a.berth.test", "/", 18083)
 	assert.Equal(t, http.StatusPermanentRedirect, code, "HTTP goes to HTTPS")
 	assert.True(t, strings.HasPrefix(h.Get("Location"), "https://a.berth.test"), h.Get("Location"))
+
+	// a's release is code of whoever pushes to a: from a's network it
+	// reaches a, never b
+	addr := func(d *Driver) string {
+		ins, err := c.ContainerInspect(ctx, d.Spec.Name)
+		require.NoError(t, err)
+		return ins.NetworkSettings.Networks[proxy.AppNetwork(px, d.Spec.Name)].IPAddress
+	}
+	onA := proxy.AppNetwork(px, a.Spec.Name)
+	assert.Equal(t, 0, getFrom(t, c, onA, addr(a), "5000"), "a reaches itself")
+	assert.NotEqual(t, 0, getFrom(t, c, onA, addr(b), "5000"), "a reached b at %s", addr(b))
+}
+
+// getFrom asks host:port for / from a busybox container on network net:
+// 0 when it answered 200. (The rig's static busybox has nc; its wget
+// crashes.)
+func getFrom(t *testing.T, c *client.Client, net, host, port string) int {
+	t.Helper()
+	ctx := context.Background()
+	get := `printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 2 "$0" "$1" | grep -q '^HTTP/1.. 200'`
+	made, err := c.ContainerCreate(ctx, &container.Config{Image: "busybox:local", Cmd: []string{"sh", "-c", get, host, port}},
+		&container.HostConfig{NetworkMode: container.NetworkMode(net)}, nil, nil, "")
+	require.NoError(t, err)
+	defer func() { _ = c.ContainerRemove(ctx, made.ID, container.RemoveOptions{Force: true}) }()
+	waitC, errC := c.ContainerWait(ctx, made.ID, container.WaitConditionNextExit)
+	require.NoError(t, c.ContainerStart(ctx, made.ID, container.StartOptions{}))
+	select {
+	case w := <-waitC:
+		return int(w.StatusCode)
+	case err := <-errC:
+		require.NoError(t, err)
+	}
+	return -1
 }
 
 func TestProxyReleaseCommand(t *testing.T) {

@@ -26,8 +26,8 @@ import (
 )
 
 // Behind the proxy (ports_on = "proxy"), the replicas NAME, NAME-2, …
-// sit on the proxy's private network, each known to Caddy by an alias of
-// its own; a switch starts a new replica beside the old ones, checks its
+// sit on the environment's private network, which the proxy joins (not
+// another environment's app), each known to Caddy by an alias of its own; a switch starts a new replica beside the old ones, checks its
 // health from the proxy's side, moves traffic in one config change, waits
 // for the requests in flight to the old replica, and only then stops it;
 // one replica at a time. docs/deploy.md tells the whole story.
@@ -438,9 +438,10 @@ func (p *proxySwitchPlan) create(ctx context.Context, i int) error {
 		cfg.Labels[k] = v
 	}
 	host := *p.rc.host
-	host.NetworkMode = container.NetworkMode(d.ProxySpec.Network)
+	apps := proxy.AppNetwork(d.ProxySpec, d.Spec.Name)
+	host.NetworkMode = container.NetworkMode(apps)
 	made, err := d.Engine.ContainerCreate(ctx, &cfg, &host,
-		&network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{d.ProxySpec.Network: {Aliases: []string{alias}}}}, nil, name)
+		&network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{apps: {Aliases: []string{alias}}}}, nil, name)
 	if err != nil {
 		return failure.Buildf("create the new %s container: %v: check [environments.%s.container] in berth.toml", d.Spec.Name, err, d.Env)
 	}
@@ -593,7 +594,7 @@ func (p *proxySwitchPlan) releaseCommand(ctx context.Context) error {
 	cfg.Entrypoint, cfg.Cmd = cmd[:1], cmd[1:]
 	cfg.Labels = map[string]string{engine.LabelRole: "release"}
 	host := *p.rc.host
-	host.NetworkMode = container.NetworkMode(d.ProxySpec.Network)
+	host.NetworkMode = container.NetworkMode(proxy.AppNetwork(d.ProxySpec, d.Spec.Name))
 	host.RestartPolicy = container.RestartPolicy{}
 	made, err := d.Engine.ContainerCreate(ctx, &cfg, &host, nil, nil, name)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/network"
 	"github.com/docker/go-connections/nat"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -212,6 +213,7 @@ func TestStackEnsure(t *testing.T) {
 	require.True(t, ok)
 	assert.Equal(t, "container:"+px.ID, string(ctl.Host.NetworkMode))
 	assert.Contains(t, out.String(), "proxy berth-proxy: started from caddy:local")
+	assert.Contains(t, px.Networks, "berth-proxy-web", "the proxy joins the environment's own network")
 
 	// the same ports again: nothing made again
 	require.NoError(t, s.Ensure(ctx, Site{Env: "web", Ports: []Port{{HostIP: "127.0.0.1", HostPort: 6000, AppPort: 5000}}}))
@@ -227,12 +229,55 @@ func TestStackEnsure(t *testing.T) {
 	ctl, _ = eng.Get("berth-proxy-ctl")
 	assert.Equal(t, "container:"+re.ID, string(ctl.Host.NetworkMode))
 	assert.Contains(t, out.String(), "made again to publish 443, 80 too")
+	assert.Contains(t, re.Networks, "berth-proxy-web", "made again, it joins every environment's network")
+	assert.Contains(t, re.Networks, "berth-proxy-shop")
 
 	// stopped by someone: started again
 	eng.Kill("berth-proxy", 0)
 	require.NoError(t, s.Ensure(ctx, Site{Env: "web"}))
 	re2, _ := eng.Get("berth-proxy")
 	assert.True(t, re2.Running)
+}
+
+// Caddy's container gets tcp_migrate_req where the kernel has it; one made
+// without it is made again, once.
+func TestStackMigratesWaitingConnections(t *testing.T) {
+	eng := targettest.New()
+	s, out := stack(eng, true)
+	ctx := context.Background()
+	site := Site{Env: "web", Ports: []Port{{HostPort: 6000, AppPort: 5000}}}
+	eng.Version.KernelVersion = "5.10.0-28-amd64"
+	require.NoError(t, s.Ensure(ctx, site))
+	old, _ := eng.Get("berth-proxy")
+	assert.Empty(t, old.Host.Sysctls, "an old kernel has no such sysctl")
+
+	eng.Version.KernelVersion = "6.1.0-18-amd64"
+	require.NoError(t, s.Ensure(ctx, site))
+	px, _ := eng.Get("berth-proxy")
+	assert.NotEqual(t, old.ID, px.ID)
+	assert.Equal(t, map[string]string{"net.ipv4.tcp_migrate_req": "1"}, px.Host.Sysctls)
+	assert.Contains(t, out.String(), "made again, once, so that its config changes reset no new connection")
+	require.NoError(t, s.Ensure(ctx, site))
+	again, _ := eng.Get("berth-proxy")
+	assert.Equal(t, px.ID, again.ID, "once")
+}
+
+func TestKernelAtLeast(t *testing.T) {
+	for _, tc := range []struct {
+		version string
+		want    bool
+	}{
+		{"6.1.0-18-amd64", true},
+		{"5.14.0-362.el9.x86_64", true},
+		{"5.13.19", false},
+		{"5.10.0-28-amd64", false},
+		{"4.19.0", false},
+		{"6.18.44-fc-v1045", true},
+		{"", false},
+		{"weird", false},
+	} {
+		assert.Equal(t, tc.want, kernelAtLeast(tc.version, 5, 14), tc.version)
+	}
 }
 
 func TestStackThatBerthDoesNotManage(t *testing.T) {
@@ -246,6 +291,10 @@ func TestStackThatBerthDoesNotManage(t *testing.T) {
 	err = s.Ensure(ctx, Site{Env: "shop", Ports: []Port{{HostPort: 6001, AppPort: 5000}}})
 	assert.ErrorContains(t, err, "does not publish port(s) 6001")
 	require.NoError(t, s.Ensure(ctx, Site{Env: "web", Ports: []Port{{HostPort: 6000, AppPort: 5000}}}))
+	require.NoError(t, s.Ensure(ctx, Site{Env: "blog"}))
+	_, err = eng.NetworkInspect(ctx, "berth-proxy-blog", network.InspectOptions{})
+	assert.Error(t, err, "an operator's proxy gets no network of berth's")
+	assert.Equal(t, "berth-proxy", AppNetwork(s.Spec, "blog"), "its apps share its network")
 	eng.Kill("berth-proxy", 0)
 	assert.ErrorContains(t, s.Ensure(ctx, Site{Env: "web", Ports: []Port{{HostPort: 6000, AppPort: 5000}}}), "does not run")
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/errdefs"
@@ -31,7 +32,22 @@ import (
 const (
 	RoleProxy = "proxy"
 	RoleCtl   = "proxy-ctl"
+	// RoleApps is the role of an environment's own network, which its
+	// replicas and the proxy share; LabelProxy names the proxy.
+	RoleApps   = "proxy-apps"
+	LabelProxy = "berth.proxy"
 )
+
+// AppNetwork is the network of env's replicas behind the proxy spec: one
+// per environment, which the proxy joins, so that one environment's app
+// cannot reach another's. An operator's own Caddy (manage = false) keeps
+// one network for all: berth connects nothing to it.
+func AppNetwork(spec settings.Proxy, env string) string {
+	if !spec.Manage {
+		return spec.Network
+	}
+	return spec.Network + "-" + env
+}
 
 // Engine is what the proxy stack needs of a target engine.
 type Engine interface {
@@ -46,6 +62,9 @@ type Engine interface {
 	ContainerExecInspect(ctx context.Context, id string) (container.ExecInspect, error)
 	NetworkInspect(ctx context.Context, id string, opts network.InspectOptions) (network.Inspect, error)
 	NetworkCreate(ctx context.Context, name string, opts network.CreateOptions) (network.CreateResponse, error)
+	NetworkList(ctx context.Context, opts network.ListOptions) ([]network.Summary, error)
+	NetworkConnect(ctx context.Context, network, id string, cfg *network.EndpointSettings) error
+	ServerVersion(ctx context.Context) (types.Version, error)
 }
 
 // Stack is the proxy on one target: its network, Caddy's container and
@@ -69,7 +88,13 @@ func (s *Stack) Ensure(ctx context.Context, site Site) error {
 	if err := s.Network(ctx); err != nil {
 		return err
 	}
-	proxyID, changed, err := s.proxy(ctx, s.bindings(site))
+	apps := AppNetwork(s.Spec, site.Env)
+	if s.Spec.Manage {
+		if err := s.network(ctx, apps, map[string]string{engine.LabelRole: RoleApps, LabelProxy: s.Spec.Name}); err != nil {
+			return err
+		}
+	}
+	proxyID, changed, err := s.proxy(ctx, s.bindings(site), apps)
 	if err != nil {
 		return err
 	}
@@ -84,17 +109,46 @@ func (s *Stack) Ensure(ctx context.Context, site Site) error {
 // Network makes the proxy's private network, where the apps' containers
 // are made.
 func (s *Stack) Network(ctx context.Context) error {
-	_, err := s.Engine.NetworkInspect(ctx, s.Spec.Network, network.InspectOptions{})
+	return s.network(ctx, s.Spec.Network, map[string]string{engine.LabelRole: RoleProxy})
+}
+
+func (s *Stack) network(ctx context.Context, name string, labels map[string]string) error {
+	_, err := s.Engine.NetworkInspect(ctx, name, network.InspectOptions{})
 	if err == nil {
 		return nil
 	}
 	if !errdefs.IsNotFound(err) {
-		return failure.Systemf("inspect the proxy's network %s: %w", s.Spec.Network, err)
+		return failure.Systemf("inspect the proxy's network %s: %w", name, err)
 	}
-	_, err = s.Engine.NetworkCreate(ctx, s.Spec.Network, network.CreateOptions{Driver: "bridge",
-		Labels: map[string]string{engine.LabelRole: RoleProxy}})
+	_, err = s.Engine.NetworkCreate(ctx, name, network.CreateOptions{Driver: "bridge", Labels: labels})
 	if err != nil && !errdefs.IsConflict(err) {
-		return failure.Systemf("create the proxy's network %s: %w", s.Spec.Network, err)
+		return failure.Systemf("create the proxy's network %s: %w", name, err)
+	}
+	return nil
+}
+
+// join connects the proxy to the environments' networks it is not on:
+// apps, and when it was just made, every one of its environments.
+func (s *Stack) join(ctx context.Context, id string, on map[string]*network.EndpointSettings, apps string, all bool) error {
+	want := []string{apps}
+	if all {
+		nets, err := s.Engine.NetworkList(ctx, network.ListOptions{Filters: filters.NewArgs(
+			filters.Arg("label", engine.LabelRole+"="+RoleApps), filters.Arg("label", LabelProxy+"="+s.Spec.Name))})
+		if err != nil {
+			return failure.Systemf("list the networks of the proxy %s's environments: %w", s.Spec.Name, err)
+		}
+		for _, n := range nets {
+			want = append(want, n.Name)
+		}
+	}
+	for _, n := range want {
+		if _, ok := on[n]; ok {
+			continue
+		}
+		if err := s.Engine.NetworkConnect(ctx, n, id, &network.EndpointSettings{}); err != nil && !errdefs.IsForbidden(err) {
+			return failure.Systemf("connect the proxy %s to network %s: %w", s.Spec.Name, n, err)
+		}
+		on[n] = &network.EndpointSettings{}
 	}
 	return nil
 }
@@ -114,9 +168,9 @@ func (s *Stack) bindings(site Site) nat.PortMap {
 	return m
 }
 
-// proxy makes Caddy's container publish want, and run; its id, and
-// whether it had to be started or made.
-func (s *Stack) proxy(ctx context.Context, want nat.PortMap) (string, bool, error) {
+// proxy makes Caddy's container publish want, be on the network apps,
+// and run; its id, and whether it had to be started or made.
+func (s *Stack) proxy(ctx context.Context, want nat.PortMap, apps string) (string, bool, error) {
 	name := s.Spec.Name
 	cur, err := s.Engine.ContainerInspect(ctx, name)
 	exists := err == nil
@@ -145,7 +199,22 @@ func (s *Stack) proxy(ctx context.Context, want nat.PortMap) (string, bool, erro
 		}
 		return cur.ID, false, nil
 	}
-	if exists && len(missing) == 0 {
+	sysctls, err := s.sysctls(ctx)
+	if err != nil {
+		return "", false, err
+	}
+	stale := false // made by an earlier berth, without the sysctls
+	for k, v := range sysctls {
+		if exists && cur.HostConfig != nil && cur.HostConfig.Sysctls[k] != v {
+			stale = true
+		}
+	}
+	if exists && len(missing) == 0 && !stale {
+		if cur.NetworkSettings != nil {
+			if err := s.join(ctx, cur.ID, cur.NetworkSettings.Networks, apps, false); err != nil {
+				return "", false, err
+			}
+		}
 		if cur.State.Running {
 			return cur.ID, false, nil
 		}
@@ -165,7 +234,11 @@ func (s *Stack) proxy(ctx context.Context, want nat.PortMap) (string, bool, erro
 		return "", false, err
 	}
 	if exists {
-		joblog.Step(s.Out, "proxy %s: made again to publish %s too (its sites pause for about a second)", name, strings.Join(missing, ", "))
+		if len(missing) > 0 {
+			joblog.Step(s.Out, "proxy %s: made again to publish %s too (its sites pause for about a second)", name, strings.Join(missing, ", "))
+		} else {
+			joblog.Step(s.Out, "proxy %s: made again, once, so that its config changes reset no new connection (its sites pause for about a second)", name)
+		}
 		if err := s.Engine.ContainerRemove(ctx, cur.ID, container.RemoveOptions{Force: true}); err != nil {
 			return "", false, failure.Systemf("remove the proxy %s to publish new ports: %w", name, err)
 		}
@@ -178,7 +251,7 @@ func (s *Stack) proxy(ctx context.Context, want nat.PortMap) (string, bool, erro
 	}
 	made, err := s.Engine.ContainerCreate(ctx, &container.Config{Image: s.Spec.Image, Cmd: []string{"caddy", "run", "--resume"},
 		ExposedPorts: exposed, Labels: map[string]string{engine.LabelRole: RoleProxy}},
-		&container.HostConfig{NetworkMode: container.NetworkMode(s.Spec.Network), PortBindings: all,
+		&container.HostConfig{NetworkMode: container.NetworkMode(s.Spec.Network), PortBindings: all, Sysctls: sysctls,
 			RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyUnlessStopped},
 			// its config (autosave.json) and certificates outlive the container
 			Mounts: []mount.Mount{{Type: mount.TypeVolume, Source: name + "-config", Target: "/config"},
@@ -187,11 +260,46 @@ func (s *Stack) proxy(ctx context.Context, want nat.PortMap) (string, bool, erro
 	if err != nil {
 		return "", false, failure.Systemf("create the proxy %s from %s: %w (check [proxy] image)", name, s.Spec.Image, err)
 	}
+	if err := s.join(ctx, made.ID, map[string]*network.EndpointSettings{s.Spec.Network: nil}, apps, true); err != nil {
+		_ = s.Engine.ContainerRemove(context.WithoutCancel(ctx), made.ID, container.RemoveOptions{Force: true})
+		return "", false, err
+	}
 	if err := s.Engine.ContainerStart(ctx, made.ID, container.StartOptions{}); err != nil {
 		_ = s.Engine.ContainerRemove(context.WithoutCancel(ctx), made.ID, container.RemoveOptions{Force: true})
 		return "", false, failure.Buildf("start the proxy %s, which publishes %s: %v: is a port taken by something else?", name, portList(all), err)
 	}
 	return made.ID, true, nil
+}
+
+// migrateReq lets the kernel hand the connections a closing listener has
+// not accepted yet to another listener on the same port. Caddy opens new
+// listeners (SO_REUSEPORT) at every config change and closes the old
+// ones: without it, the connections waiting on those are reset, and their
+// clients get an error at every switch. Linux 5.14 and later.
+const migrateReq = "net.ipv4.tcp_migrate_req"
+
+// sysctls are those of Caddy's container: migrateReq where the target's
+// kernel has it.
+func (s *Stack) sysctls(ctx context.Context) (map[string]string, error) {
+	v, err := s.Engine.ServerVersion(ctx)
+	if err != nil {
+		return nil, failure.Systemf("ask the target's engine for its kernel: %w", err)
+	}
+	if !kernelAtLeast(v.KernelVersion, 5, 14) {
+		return nil, nil
+	}
+	return map[string]string{migrateReq: "1"}, nil
+}
+
+// kernelAtLeast reads "6.1.0-18-amd64" and the like.
+func kernelAtLeast(version string, major, minor int) bool {
+	parts := strings.FieldsFunc(version, func(r rune) bool { return r < '0' || r > '9' })
+	if len(parts) < 2 {
+		return false
+	}
+	ma, _ := strconv.Atoi(parts[0])
+	mi, _ := strconv.Atoi(parts[1])
+	return ma > major || ma == major && mi >= minor
 }
 
 func samePublished(have, want []nat.PortBinding) bool {

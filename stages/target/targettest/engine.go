@@ -56,6 +56,7 @@ type Engine struct {
 	images     map[string]bool
 	execs      map[string]string // exec id → container id
 	networks   map[string]string // name → id
+	netLabels  map[string]map[string]string
 	next       int
 
 	// Fail, when set, is asked before every call with the method's name
@@ -296,11 +297,16 @@ func (e *Engine) ContainerInspect(_ context.Context, ref string) (container.Insp
 	}
 	host := *c.Host
 	cfg := *c.Config
+	nets := map[string]*network.EndpointSettings{}
+	for n, al := range c.Networks {
+		nets[n] = &network.EndpointSettings{Aliases: al}
+	}
 	return container.InspectResponse{
 		ContainerJSONBase: &container.ContainerJSONBase{ID: c.ID, Name: "/" + c.Name, Created: c.Created.UTC().Format(time.RFC3339Nano),
 			State:      &container.State{Running: c.Running, Status: status, ExitCode: c.ExitCode},
 			HostConfig: &host},
-		Config: &cfg,
+		Config:          &cfg,
+		NetworkSettings: &container.NetworkSettings{Networks: nets},
 	}, nil
 }
 
@@ -606,7 +612,7 @@ func (e *Engine) NetworkInspect(_ context.Context, name string, _ network.Inspec
 }
 
 // NetworkCreate makes a network; a taken name is a conflict.
-func (e *Engine) NetworkCreate(_ context.Context, name string, _ network.CreateOptions) (network.CreateResponse, error) {
+func (e *Engine) NetworkCreate(_ context.Context, name string, opts network.CreateOptions) (network.CreateResponse, error) {
 	if err := e.fault("NetworkCreate", name); err != nil {
 		return network.CreateResponse{}, err
 	}
@@ -618,7 +624,27 @@ func (e *Engine) NetworkCreate(_ context.Context, name string, _ network.CreateO
 	e.next++
 	id := fmt.Sprintf("net%061x", e.next)
 	e.networks[name] = id
+	if e.netLabels == nil {
+		e.netLabels = map[string]map[string]string{}
+	}
+	e.netLabels[name] = opts.Labels
 	return network.CreateResponse{ID: id}, nil
+}
+
+// NetworkList lists the networks made by NetworkCreate, by label.
+func (e *Engine) NetworkList(_ context.Context, opts network.ListOptions) ([]network.Summary, error) {
+	if err := e.fault("NetworkList", ""); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []network.Summary
+	for name, labels := range e.netLabels {
+		if hasLabels(labels, opts.Filters.Get("label")) {
+			out = append(out, network.Summary{Name: name, ID: e.networks[name], Labels: labels})
+		}
+	}
+	return out, nil
 }
 
 // NetworkConnect puts a container on a network.
