@@ -474,3 +474,56 @@ func TestE2ENativeJobsNeverShareANamespace(t *testing.T) {
 	assert.NotEqual(t, first, second)
 	assert.Contains(t, ready, second, "the second job's helper joined a spare")
 }
+
+// A release is code of whoever can push to its project. Behind a shared
+// proxy, project a's release (its app and its release command) tries
+// project b's app at its address: it must not get through, while the
+// proxy still serves both.
+func TestE2EAReleaseCannotReachAnotherProjectsApp(t *testing.T) {
+	r := needRig(t)
+	n := time.Now().UnixNano() % 1e8
+	nameA, nameB := fmt.Sprintf("berth-e2e-apa-%d", n), fmt.Sprintf("berth-e2e-apb-%d", n)
+	t.Cleanup(func() { removeByName(r, nameA); removeByName(r, nameB) })
+	env := `
+[registry]
+image = "127.0.0.1:5000/berth-e2e/{project}"
+[environments.web]
+driver = "container"
+[environments.web.container]
+name = %q
+ports = ["127.0.0.1:%d:5000"]
+health_timeout = "20s"
+stop_timeout = "2s"
+%s
+`
+	deploy := func(toml, dir, project string, id int) jobResult {
+		t.Helper()
+		res := r.runJob(t, toml, "--repo", dir, "--ref", "master", "--stage", "deploy",
+			"--project-path", project, "--project-id", fmt.Sprint(id))
+		r.requireNothingLeft(t, res.JobID)
+		return res
+	}
+	b := newAppRepo(t)
+	b.commit("b")
+	res := deploy(writeTOML(t, defaultTOML+fmt.Sprintf(env, nameB, 6106, "")), b.dir, "grp/b-"+nameB, 611)
+	require.Equal(t, "success", res.State, traceLines(res.Trace))
+	ip, err := exec.Command("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", nameB).CombinedOutput()
+	require.NoError(t, err, string(ip))
+	addrB := strings.TrimSpace(string(ip))
+	require.NotEmpty(t, addrB)
+
+	// a's image: its release command and its app try b
+	a := newAppRepo(t)
+	probe := fmt.Sprintf("#!/bin/sh\nif printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 %s 5000 | grep -q '^HTTP/1.. 200'; then echo reached; exit 1; fi\necho isolated\n", addrB)
+	require.NoError(t, os.WriteFile(filepath.Join(a.dir, "probe.sh"), []byte(probe), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(a.dir, "Dockerfile"), []byte("FROM busybox:local\nCOPY probe.sh /probe.sh\n"+
+		`CMD ["sh", "-c", "mkdir -p /www && /probe.sh > /www/index.html; exec httpd -f -p 5000 -h /www"]`+"\n"), 0o644))
+	a.git("add", ".")
+	a.git("commit", "-qm", "a")
+	res = deploy(writeTOML(t, defaultTOML+fmt.Sprintf(env, nameA, 6107, `release_command = ["/probe.sh"]`)), a.dir, "grp/a-"+nameA, 612)
+	tr := traceLines(res.Trace)
+	require.Equal(t, "success", res.State, "a's release command reached b at %s:\n%s", addrB, tr)
+	assert.Contains(t, tr, "release command /probe.sh")
+	assert.Equal(t, "isolated", httpGet("http://127.0.0.1:6107/"), "a's app reached b at %s", addrB)
+	assert.Equal(t, "app b", httpGet("http://127.0.0.1:6106/"), "the proxy serves b")
+}
