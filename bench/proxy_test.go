@@ -50,13 +50,17 @@ type loadGen struct {
 	seen       sync.Map
 }
 
-func startLoadGen(url string, n int) *loadGen {
+func startLoadGen(url string, n int) *loadGen { return startLoadGenOf(url, n, false) }
+
+// startLoadGenOf is startLoadGen; with fresh, each request on a new
+// connection, as browsers often open them.
+func startLoadGenOf(url string, n int, fresh bool) *loadGen {
 	l := &loadGen{stop: make(chan struct{})}
 	for i := 0; i < n; i++ {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1}}
+			c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 1, DisableKeepAlives: fresh}}
 			last := time.Now()
 			var lat []time.Duration
 			var longest time.Duration
@@ -126,7 +130,8 @@ func (l *loadGen) percentile(p float64) time.Duration {
 }
 
 // BenchmarkProxyOutage: one deploy under 10 clients, 10,000 requests at
-// least: failed requests and the longest wait of a client. "floor" is the
+// least: failed requests and the longest wait of a client; "proxy-fresh"
+// with a new connection for every request. "floor" is the
 // same load through the same proxy while the engine only starts and
 // removes one container beside it, the least engine work a deploy does: on
 // 2 busy cores that alone makes clients wait.
@@ -135,10 +140,10 @@ func BenchmarkProxyOutage(b *testing.B) {
 	refs := versions(b, 2)
 	ctx := context.Background()
 	// act does the i-th deploy and returns the body the new version answers
-	measure := func(b *testing.B, act func(i int) string) {
+	measureOf := func(b *testing.B, fresh bool, act func(i int) string) {
 		var failed, gaps, reqs []float64
 		for i := 0; i < b.N; i++ {
-			l := startLoadGen(benchURL, 10)
+			l := startLoadGenOf(benchURL, 10, fresh)
 			time.Sleep(200 * time.Millisecond)
 			want := act(i)
 			f, g, n := l.until(b, 10000, want)
@@ -148,6 +153,7 @@ func BenchmarkProxyOutage(b *testing.B) {
 		b.ReportMetric(medianOf(gaps), "longest-gap-ms")
 		b.ReportMetric(medianOf(reqs), "requests")
 	}
+	measure := func(b *testing.B, act func(i int) string) { measureOf(b, false, act) }
 	deploy := func(d *containers.Driver) func(i int) string {
 		return func(i int) string {
 			must(b, d.Deploy(ctx, release(refs[(i+1)%2])))
@@ -159,6 +165,12 @@ func BenchmarkProxyOutage(b *testing.B) {
 		d := proxyDriver(b, c, "bench-web")
 		must(b, d.Deploy(ctx, release(refs[0])))
 		measure(b, deploy(d))
+	})
+	b.Run("proxy-fresh", func(b *testing.B) {
+		defer clearPort(b, "bench-web", "bench-proxy")
+		d := proxyDriver(b, c, "bench-web")
+		must(b, d.Deploy(ctx, release(refs[0])))
+		measureOf(b, true, deploy(d))
 	})
 	b.Run("floor", func(b *testing.B) {
 		defer clearPort(b, "bench-web", "bench-proxy", "bench-floor")

@@ -161,6 +161,7 @@ func run(in io.Reader, out io.Writer, title string) error {
 	fmt.Fprintln(out, "  and `rm -f` + `run`.")
 	fmt.Fprintln(out, "- `ProxyBroken`: a release that never answers, deployed under the same load: requests that failed until")
 	fmt.Fprintln(out, "  the old version served again (health_timeout 3 s); the script way, over the same 3 s, stays down after.")
+	fmt.Fprintln(out, "  `proxy-fresh`: the proxy's deploy with every request on a new connection, as browsers often open them.")
 	fmt.Fprintln(out, "  `floor`: the same load through the same proxy while the engine only starts and removes one container")
 	fmt.Fprintln(out, "  beside it (no berth, no switch): the least engine work a deploy does, and the wait it alone causes.")
 	fmt.Fprintln(out, "- `ProxyCost`: 10 keep-alive clients for 3 s through the proxy and straight to the app's published port;")
