@@ -249,8 +249,8 @@ func TestProxyConfigChangesResetNoNewConnection(t *testing.T) {
 	c := realEngine(t)
 	ctx := context.Background()
 	repo := testRegistry + "/berth-test/" + unique("px")
-	px := proxySpec(t, c, 18085, 18448)
-	d, out := proxiedDriver(t, c, px, 16025)
+	px := proxySpec(t, c, 18087, 18449)
+	d, out := proxiedDriver(t, c, px, 16027)
 	require.NoError(t, d.Deploy(ctx, appImage(t, c, repo, "latest", "v1", true)), out.String())
 	ctl, _, err := d.ctlImage(ctx)
 	require.NoError(t, err)
@@ -261,7 +261,7 @@ func TestProxyConfigChangesResetNoNewConnection(t *testing.T) {
 	require.NoError(t, err)
 	alias := web.Config.Labels[LabelAlias]
 
-	l := startLoadOf("http://127.0.0.1:16025/", 10, true)
+	l := startLoadOf("http://127.0.0.1:16027/", 10, true)
 	for i := 0; i < 20; i++ { // 20 config changes, as 20 switches make
 		site := d.site(ports, []string{alias}, nil)
 		if i%2 == 0 {

@@ -26,11 +26,12 @@ import (
 )
 
 // Behind the proxy (ports_on = "proxy"), the replicas NAME, NAME-2, …
-// sit on the environment's private network, which the proxy joins (not
-// another environment's app), each known to Caddy by an alias of its own; a switch starts a new replica beside the old ones, checks its
-// health from the proxy's side, moves traffic in one config change, waits
-// for the requests in flight to the old replica, and only then stops it;
-// one replica at a time. docs/deploy.md tells the whole story.
+// sit on the environment's private network, which the proxy joins (and no
+// other environment's app), each known to Caddy by an alias of its own; a
+// switch starts a new replica beside the old ones, checks its health from
+// the proxy's side, moves traffic in one config change, waits for the
+// requests in flight to the old replica, and only then stops it; one
+// replica at a time. docs/deploy.md tells the whole story.
 
 // Router is the proxy as a switch uses it: a proxy.Stack on the target,
 // a fake in unit tests.

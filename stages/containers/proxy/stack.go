@@ -199,16 +199,15 @@ func (s *Stack) proxy(ctx context.Context, want nat.PortMap, apps string) (strin
 		}
 		return cur.ID, false, nil
 	}
-	sysctls, err := s.sysctls(ctx)
+	var had map[string]string
+	if exists && cur.HostConfig != nil {
+		had = cur.HostConfig.Sysctls
+	}
+	sysctls, err := s.sysctls(ctx, had)
 	if err != nil {
 		return "", false, err
 	}
-	stale := false // made by an earlier berth, without the sysctls
-	for k, v := range sysctls {
-		if exists && cur.HostConfig != nil && cur.HostConfig.Sysctls[k] != v {
-			stale = true
-		}
-	}
+	stale := exists && sysctls[migrateReq] != had[migrateReq] // made by an earlier berth
 	if exists && len(missing) == 0 && !stale {
 		if cur.NetworkSettings != nil {
 			if err := s.join(ctx, cur.ID, cur.NetworkSettings.Networks, apps, false); err != nil {
@@ -240,7 +239,7 @@ func (s *Stack) proxy(ctx context.Context, want nat.PortMap, apps string) (strin
 			joblog.Step(s.Out, "proxy %s: made again, once, so that its config changes reset no new connection (its sites pause for about a second)", name)
 		}
 		if err := s.Engine.ContainerRemove(ctx, cur.ID, container.RemoveOptions{Force: true}); err != nil {
-			return "", false, failure.Systemf("remove the proxy %s to publish new ports: %w", name, err)
+			return "", false, failure.Systemf("remove the proxy %s to make it again: %w", name, err)
 		}
 	} else {
 		joblog.Step(s.Out, "proxy %s: started from %s on network %s", name, s.Spec.Image, s.Spec.Network)
@@ -279,8 +278,13 @@ func (s *Stack) proxy(ctx context.Context, want nat.PortMap, apps string) (strin
 const migrateReq = "net.ipv4.tcp_migrate_req"
 
 // sysctls are those of Caddy's container: migrateReq where the target's
-// kernel has it.
-func (s *Stack) sysctls(ctx context.Context) (map[string]string, error) {
+// kernel has it. A proxy that had it (had: its container's) says so, and
+// the engine is not asked again at every deploy.
+func (s *Stack) sysctls(ctx context.Context, had map[string]string) (map[string]string, error) {
+	want := map[string]string{migrateReq: "1"}
+	if had[migrateReq] == want[migrateReq] {
+		return want, nil
+	}
 	v, err := s.Engine.ServerVersion(ctx)
 	if err != nil {
 		return nil, failure.Systemf("ask the target's engine for its kernel: %w", err)
@@ -288,7 +292,7 @@ func (s *Stack) sysctls(ctx context.Context) (map[string]string, error) {
 	if !kernelAtLeast(v.KernelVersion, 5, 14) {
 		return nil, nil
 	}
-	return map[string]string{migrateReq: "1"}, nil
+	return want, nil
 }
 
 // kernelAtLeast reads "6.1.0-18-amd64" and the like.
