@@ -442,12 +442,21 @@ func TestE2ENativeJobsNeverShareANamespace(t *testing.T) {
 	require.NoError(t, err, string(out))
 	toml := writeTOML(t, defaultTOML)
 	ctx := context.Background()
+	// the spares a job may take: running, and without a claim (a used
+	// spare stays until berth spares, run after cleanup, removes it)
 	spares := func() []string {
-		list, err := r.docker.ContainerList(ctx, container.ListOptions{Filters: filters.NewArgs(filters.Arg("label", "berth.role=helper-spare"))})
+		list, err := r.docker.ContainerList(ctx, container.ListOptions{All: true,
+			Filters: filters.NewArgs(filters.Arg("name", "berth-helpers-spare-"))})
 		require.NoError(t, err)
+		claimed := map[string]bool{}
+		for _, c := range list {
+			if c.Labels["berth.role"] == "helper-spare-claim" {
+				claimed[strings.TrimSuffix(c.Names[0], "-claim")] = true
+			}
+		}
 		var ids []string
 		for _, c := range list {
-			if !strings.HasSuffix(c.Names[0], "-claim") {
+			if c.Labels["berth.role"] == "helper-spare" && c.State == "running" && !claimed[c.Names[0]] {
 				ids = append(ids, c.ID[:12])
 			}
 		}
