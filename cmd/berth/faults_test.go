@@ -89,20 +89,7 @@ func killedContainerDeploy(t *testing.T, portsOn string, port int, steps []strin
 	name := fmt.Sprintf("berth-e2e-fault-%d", time.Now().UnixNano()%1e8)
 	t.Cleanup(func() { removeByName(r, name) })
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
-	toml := writeTOML(t, defaultTOML+fmt.Sprintf(`
-[registry]
-image = "127.0.0.1:5000/berth-e2e/{project}"
-[environments.web]
-driver = "container"
-[environments.web.container]
-name = %q
-ports = ["127.0.0.1:%d:5000"]
-health_url = "http://127.0.0.1:%d/health"
-health_timeout = "10s"
-stop_timeout = "2s"
-keep = 1
-ports_on = %q
-`, name, port, port, portsOn))
+	toml := webTOML(t, name, port, `health_timeout = "10s"`, `stop_timeout = "2s"`, "keep = 1", fmt.Sprintf("ports_on = %q", portsOn))
 	project := "grp/" + name
 	deploy := func(env []string) *startedJob {
 		return r.startJob(t, toml, env, nil, "--repo", repo.dir, "--ref", "master", "--stage", "deploy", "--project-path", project)
@@ -164,20 +151,7 @@ func TestE2EKilledRollback(t *testing.T) {
 	repo := newAppRepo(t)
 	name := fmt.Sprintf("berth-e2e-rbfault-%d", time.Now().UnixNano()%1e8)
 	t.Cleanup(func() { removeByName(r, name) })
-	toml := writeTOML(t, defaultTOML+fmt.Sprintf(`
-[registry]
-image = "127.0.0.1:5000/berth-e2e/{project}"
-[environments.web]
-driver = "container"
-[environments.web.container]
-name = %q
-ports = ["127.0.0.1:6112:5000"]
-health_url = "http://127.0.0.1:6112/health"
-health_timeout = "10s"
-stop_timeout = "2s"
-keep = 3
-ports_on = "anchor"
-`, name))
+	toml := webTOML(t, name, 6112, `health_timeout = "10s"`, `stop_timeout = "2s"`, "keep = 3", `ports_on = "anchor"`)
 	for _, v := range []string{"one", "two"} {
 		repo.commit(v)
 		res := r.runJob(t, toml, "--repo", repo.dir, "--ref", "master", "--stage", "deploy", "--project-path", "grp/"+name)
@@ -383,19 +357,7 @@ func engineRestartDuringADeploy(t *testing.T, portsOn, step string, port int) {
 	name := fmt.Sprintf("berth-e2e-restart-%d", time.Now().UnixNano()%1e8)
 	t.Cleanup(func() { removeByName(r, name) })
 	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
-	toml := writeTOML(t, defaultTOML+fmt.Sprintf(`
-[registry]
-image = "127.0.0.1:5000/berth-e2e/{project}"
-[environments.web]
-driver = "container"
-[environments.web.container]
-name = %q
-ports = ["127.0.0.1:%d:5000"]
-health_url = "http://127.0.0.1:%d/health"
-health_timeout = "20s"
-restart = "unless-stopped"
-ports_on = %q
-`, name, port, port, portsOn))
+	toml := webTOML(t, name, port, `health_timeout = "20s"`, `restart = "unless-stopped"`, fmt.Sprintf("ports_on = %q", portsOn))
 	args := []string{"--repo", repo.dir, "--ref", "master", "--stage", "deploy", "--project-path", "grp/" + name}
 	res := r.runJob(t, toml, args...)
 	require.Equal(t, "success", res.State, traceLines(res.Trace))

@@ -263,16 +263,7 @@ func TestE2ENoDeployGoesBackwards(t *testing.T) {
 	repo := newAppRepo(t)
 	name := fmt.Sprintf("berth-e2e-back-%d", time.Now().UnixNano()%1e8)
 	t.Cleanup(func() { removeByName(r, name) })
-	toml := writeTOML(t, defaultTOML+fmt.Sprintf(`
-[registry]
-image = "127.0.0.1:5000/berth-e2e/{project}"
-[environments.web]
-driver = "container"
-[environments.web.container]
-name = %q
-ports = ["127.0.0.1:6117:5000"]
-health_url = "http://127.0.0.1:6117/health"
-`, name))
+	toml := webTOML(t, name, 6117)
 	deploy := func(pipeline int, extra ...string) jobResult {
 		res := r.runJob(t, toml, append([]string{"--repo", repo.dir, "--ref", "master", "--stage", "deploy", "--project-path", "grp/" + name,
 			"--pipeline", fmt.Sprint(pipeline)}, extra...)...)

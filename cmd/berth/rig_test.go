@@ -167,6 +167,24 @@ func writeTOML(t *testing.T, extra string) string {
 	return path
 }
 
+// webTOML writes a berth.toml whose web environment is the container name,
+// published on 127.0.0.1:port and checked at its /health; extra are more
+// lines of [environments.web.container].
+func webTOML(t *testing.T, name string, port int, extra ...string) string {
+	t.Helper()
+	return writeTOML(t, defaultTOML+fmt.Sprintf(`
+[registry]
+image = "127.0.0.1:5000/berth-e2e/{project}"
+[environments.web]
+driver = "container"
+[environments.web.container]
+name = %q
+ports = ["127.0.0.1:%d:5000"]
+health_url = "http://127.0.0.1:%[2]d/health"
+%s
+`, name, port, strings.Join(extra, "\n")))
+}
+
 // testProxy is a [proxy] of the test's own, of the rig's caddy:local (no
 // Docker Hub here), removed with what it published when the test ends.
 func testProxy(t *testing.T) string {

@@ -220,16 +220,7 @@ func TestE2ERegistryImageFromAJobVariable(t *testing.T) {
 	dockerConfig := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(dockerConfig, "config.json"),
 		[]byte(fmt.Sprintf(`{"auths":{%q:{"auth":"cnVubmVyOnJ1bm5lci1zZWNyZXQ="}}}`, evilHost)), 0o600))
-	toml := writeTOML(t, defaultTOML+fmt.Sprintf(`
-[registry]
-image = "127.0.0.1:5000/berth-e2e/{project}"
-[environments.web]
-driver = "container"
-[environments.web.container]
-name = %q
-ports = ["127.0.0.1:6106:5000"]
-health_url = "http://127.0.0.1:6106/health"
-`, name))
+	toml := webTOML(t, name, 6106)
 	project := "grp/" + name
 	res := r.runJobEnv(t, toml, []string{"DOCKER_CONFIG=" + dockerConfig}, nil, "--repo", repo.dir, "--ref", "master", "--stage", "deploy",
 		"--project-path", project, "--var", "CI_REGISTRY_IMAGE=alpine", "--var", "CI_REGISTRY="+evilHost,
