@@ -394,6 +394,9 @@ func helperCost(out io.Writer, samples map[string]map[string][]float64, order []
 	fmt.Fprintln(out, "never reused (docs/security.md). The rest is a few ms a stage through the helper's socket, and git in")
 	fmt.Fprintln(out, "a container rather than on the host. `outside-step-ms` leaves out the deploy step, native on the host")
 	fmt.Fprintln(out, "either way, which since berth before also journals its switch, checks ownership and digests.")
+	fmt.Fprintln(out, "The helper is also why a trivial job can be slower than the bash driver (TrivialJob in the first")
+	fmt.Fprintln(out, "table): that driver, like berth before, runs `get_sources`, caches and artifacts with bash on the")
+	fmt.Fprintln(out, "runner host, where a job's hooks would run as the runner's user; berth pays the helper's start instead.")
 	return failed
 }
 
