@@ -25,6 +25,8 @@ import (
 	"github.com/docker/docker/api/types/registry"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/berthci/berth/executor"
 )
 
 // marker is a path on the runner host that a job must never be able to
@@ -437,17 +439,17 @@ func TestE2ENativeJobsNeverShareANamespace(t *testing.T) {
 	// spare stays until berth spares, run after cleanup, removes it)
 	spares := func() []string {
 		list, err := r.docker.ContainerList(ctx, container.ListOptions{All: true,
-			Filters: filters.NewArgs(filters.Arg("name", "berth-helpers-spare-"))})
+			Filters: filters.NewArgs(filters.Arg("name", executor.HelpersNetwork+"-spare-"))})
 		require.NoError(t, err)
 		claimed := map[string]bool{}
 		for _, c := range list {
-			if c.Labels["berth.role"] == "helper-spare-claim" {
+			if c.Labels[executor.LabelRole] == executor.RoleClaim {
 				claimed[strings.TrimSuffix(c.Names[0], "-claim")] = true
 			}
 		}
 		var ids []string
 		for _, c := range list {
-			if c.Labels["berth.role"] == "helper-spare" && c.State == "running" && !claimed[c.Names[0]] {
+			if c.Labels[executor.LabelRole] == executor.RoleSpare && c.State == "running" && !claimed[c.Names[0]] {
 				ids = append(ids, c.ID[:12])
 			}
 		}
